@@ -1,0 +1,30 @@
+"""Where each stage reads and writes; ``dvc.yaml`` names the same paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+PREPARED_DIR = Path("data/prepared")
+MODELS_DIR = Path("models")
+REPORTS_DIR = Path("reports")
+EVAL_DIR = REPORTS_DIR / "eval"
+
+SPLIT_FILE = "split.json"
+MODEL_SUBDIR = "model"
+MODEL_FILE = "model.keras"
+MODEL_CONFIG_FILE = "config.json"
+THRESHOLD_FILE = "threshold.json"
+
+
+def prepared_category(category: str, root: Path = PREPARED_DIR) -> Path:
+    return root / category
+
+
+def model_dir(variant: str, category: str, root: Path = MODELS_DIR) -> Path:
+    """``models/<variant>/<category>``: the trained model plus its threshold."""
+    return root / variant / category
+
+
+def eval_dir(variant: str, category: str, root: Path = EVAL_DIR) -> Path:
+    return root / variant / category
