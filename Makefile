@@ -1,0 +1,44 @@
+# Two commands on a fresh machine with only Python: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+
+# Local, quiet, no telemetry; `reconad` on PATH for the commands in dvc.yaml.
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: install run test test-all bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+## run: install, reproduce the pipeline on the embedded dataset, print the metrics
+run: install
+	$(BIN)/dvc repro
+	$(BIN)/reconad metrics
+
+## test: the test suite without the slowest end-to-end tests
+test: install
+	$(BIN)/pytest -m "not slow" -q
+
+## test-all: every test, including real training subprocesses
+test-all: install
+	$(BIN)/pytest -q
+
+## bench: speed figures and ratios, written to reports/bench.json
+bench: install
+	$(BIN)/python -m benchmarks
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

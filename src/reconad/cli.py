@@ -1,0 +1,151 @@
+"""``reconad <stage>``: one thin subcommand per pipeline stage, plus ``predict``.
+
+Each subcommand reads ``params.yaml`` (``--params``) into a validated config and calls
+one function. Errors the user can fix print one line and exit 1; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from reconad.runtime import configure_environment
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+log = logging.getLogger("reconad")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_environment()
+    try:
+        args.handler(args)
+    except KeyboardInterrupt:
+        print("reconad: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"reconad: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of a user error, or the type and first line of an unexpected one."""
+    from reconad.errors import ReconadError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, ReconadError):
+        return text
+    return f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser = argparse.ArgumentParser(prog="reconad", description=__doc__, parents=[common])
+    stages = parser.add_subparsers(dest="stage", required=True)
+
+    def stage(name: str, handler: Callable[[argparse.Namespace], None], help_text: str):
+        sub = stages.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    stage("fetch", run_fetch, "build, download or locate the dataset (data/raw)")
+    stage("prepare", run_prepare, "validate, resize and split the dataset (data/prepared)")
+    for name, handler, text in (
+        ("train", run_train, "train one variant on one category"),
+        ("calibrate", run_calibrate, "choose thresholds on validation normals"),
+        ("evaluate", run_evaluate, "score the test split and compute the metrics"),
+    ):
+        sub = stage(name, handler, text)
+        sub.add_argument("--variant", required=True)
+        sub.add_argument("--category", required=True)
+    stage("report", run_report, "gather metrics, plots and the HTML/Markdown report")
+    stage("metrics", run_metrics, "print reports/metrics.json as a table")
+    predict = stage("predict", run_predict, "score new images with a trained model")
+    predict.add_argument("--model", type=Path, required=True, help="models/<variant>/<category>")
+    predict.add_argument("--input", type=Path, required=True, help="an image or a folder")
+    predict.add_argument("--output", type=Path, required=True, help="folder for PNGs and JSON")
+    return parser
+
+
+def load(args: argparse.Namespace, variant: str | None = None):
+    from reconad.config import load_params
+    from reconad.runtime import seed_everything
+
+    params = load_params(args.params, variant=variant)
+    seed_everything(params.seed)
+    return params
+
+
+def run_fetch(args: argparse.Namespace) -> None:
+    from reconad import paths
+    from reconad.data.fetch import fetch_dataset
+
+    fetch_dataset(load(args), paths.RAW_DIR)
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    from reconad import paths
+    from reconad.data.prepare import prepare_dataset
+
+    prepare_dataset(load(args), paths.RAW_DIR, paths.PREPARED_DIR)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from reconad.train import train
+
+    result = train(load(args, args.variant), args.variant, args.category)
+    log.info("trained %s/%s: %d epochs -> %s", args.variant, args.category, result.epochs_run, result.model_dir)
+
+
+def run_calibrate(args: argparse.Namespace) -> None:
+    from reconad.calibrate import calibrate_model
+
+    calibrate_model(load(args, args.variant), args.variant, args.category)
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from reconad.evaluate import evaluate
+
+    summary = evaluate(load(args, args.variant), args.variant, args.category)
+    primary = summary[summary["primary"]]
+    log.info(
+        "%s/%s: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f",
+        args.variant, args.category,
+        primary["image_auroc"], primary["pixel_auroc"], primary["aupro"],
+    )
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from reconad import paths
+    from reconad.report import build_report
+
+    build_report(load(args), paths.EVAL_DIR, paths.REPORTS_DIR)
+
+
+def run_metrics(args: argparse.Namespace) -> None:
+    from reconad import paths
+    from reconad.report import METRICS_JSON, format_metrics
+
+    print(format_metrics(paths.REPORTS_DIR / METRICS_JSON))
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from reconad.predict import predict
+
+    for line in predict(args.model, args.input, args.output):
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training-time corruptions: pure TensorFlow ops that run inside ``tf.data`` pipelines."""

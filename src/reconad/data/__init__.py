@@ -1,0 +1,1 @@
+"""Datasets (the embedded ``textures`` set and image folders) and their input pipelines."""

@@ -1,0 +1,149 @@
+"""The evaluate stage: score the test split, compute every metric per map, save curves
+and the best and worst examples. Thresholds come from ``threshold.json`` (validation
+normals only); test labels are used for measuring, never for choosing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reconad import paths, tracking, visualize
+from reconad.calibrate import decide
+from reconad.config import Params
+from reconad.data.layout import CategoryData, load_split
+from reconad.io import atomic_dir, atomic_write_json, atomic_write_text
+from reconad.metrics import evaluate_all, pro_curve, roc_curve_points
+from reconad.score import Scores, TrainedModel, load_trained, score_images
+
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "curves.json"
+SCORES_FILE = "scores.csv"
+EXAMPLES_DIR = "examples"
+CURVE_POINTS = 200
+log = logging.getLogger("reconad")
+
+
+def evaluate(
+    params: Params,
+    variant: str,
+    category: str,
+    prepared_dir: Path = paths.PREPARED_DIR,
+    model_dir: Path | None = None,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a calibrated model on the test split of ``category``; returns metrics."""
+    model_dir = model_dir or paths.model_dir(variant, category)
+    out_dir = out_dir or paths.eval_dir(variant, category)
+    trained = load_trained(model_dir)
+    calibration = trained.threshold()
+    data = load_split(paths.prepared_category(category, prepared_dir))
+    scores = score_images(trained.detector, data.test)
+    results = {
+        name: map_metrics(scores, name, data, calibration, params.evaluate.max_fpr)
+        for name in trained.detector.map_names
+    }
+    summary = {"variant": variant, "category": category, "primary": trained.primary_map, **results}
+    with atomic_dir(out_dir) as tmp:
+        atomic_write_json(tmp / METRICS_FILE, summary)
+        atomic_write_json(tmp / CURVES_FILE, curves(scores, data, params.evaluate.max_fpr))
+        atomic_write_text(tmp / SCORES_FILE, scores_table(scores, data, trained, calibration))
+        save_examples(tmp / EXAMPLES_DIR, scores, data, trained, calibration, params)
+    with tracking.resumed_run(params, trained.description.get("mlflow_run_id")):
+        for name, metrics in results.items():
+            tracking.log_metrics(metrics, prefix=f"test_{name}_")
+    return summary
+
+
+def map_metrics(
+    scores: Scores, name: str, data: CategoryData, calibration: dict[str, Any], max_fpr: float
+) -> dict[str, float]:
+    threshold, min_area = decision_threshold(calibration, name)
+    image_pred, pixel_pred = decide(scores.maps[name], threshold, min_area)
+    metrics = evaluate_all(
+        scores.image_scores[name],
+        data.test_labels,
+        scores.maps[name],
+        data.test_masks,
+        image_pred,
+        pixel_pred,
+        max_fpr,
+    )
+    return {**metrics, "threshold": float(threshold), "min_area": int(min_area)}
+
+
+def decision_threshold(calibration: dict[str, Any], name: str) -> tuple[float, int]:
+    """The threshold of map ``name`` under the calibrated rule, and its minimal area.
+
+    The percentile rule thresholds pixels only, so its minimal area is one pixel.
+    """
+    rule = calibration["rule"]
+    threshold = float(calibration["maps"][name][rule])
+    min_area = int(calibration["min_area"]) if rule == "components" else 1
+    return threshold, min_area
+
+
+def curves(scores: Scores, data: CategoryData, max_fpr: float) -> dict[str, Any]:
+    """ROC (image level) and PRO curves of every map, downsampled for plotting."""
+    out: dict[str, Any] = {}
+    for name, maps in scores.maps.items():
+        fpr, pro = pro_curve(maps, data.test_masks, max_fpr=max_fpr)
+        keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), CURVE_POINTS)).astype(int))
+        out[name] = {
+            "roc": roc_curve_points(scores.image_scores[name], data.test_labels, CURVE_POINTS),
+            "pro": {"fpr": fpr[keep].tolist(), "pro": pro[keep].tolist()},
+        }
+    return out
+
+
+def scores_table(
+    scores: Scores, data: CategoryData, trained: TrainedModel, calibration: dict[str, Any]
+) -> str:
+    """One CSV row per test image: its label, score and verdict under the primary map."""
+    name = trained.primary_map
+    threshold, min_area = decision_threshold(calibration, name)
+    image_pred, _ = decide(scores.maps[name], threshold, min_area)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "defect", "label", "score", "anomalous"])
+    for row in zip(
+        data.test_names, data.test_defects, data.test_labels, scores.image_scores[name], image_pred,
+        strict=True,
+    ):
+        image, defect, label, score, verdict = row
+        writer.writerow([image, defect, int(label), f"{float(score):.6g}", int(verdict)])
+    return buffer.getvalue()
+
+
+def save_examples(
+    directory: Path,
+    scores: Scores,
+    data: CategoryData,
+    trained: TrainedModel,
+    calibration: dict[str, Any],
+    params: Params,
+) -> None:
+    """Overlays of the best- and worst-handled test images of each class."""
+    count = params.evaluate.examples
+    if count == 0:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    name = trained.primary_map
+    threshold, min_area = decision_threshold(calibration, name)
+    _, pixel_pred = decide(scores.maps[name], threshold, min_area)
+    image_scores = scores.image_scores[name]
+    for kind, index in visualize.pick_examples(image_scores, data.test_labels, count):
+        png = visualize.example_panel(
+            data.test[index],
+            scores.maps[name][index],
+            data.test_masks[index],
+            pixel_pred[index],
+            threshold,
+            title=f"{data.test_names[index]}  score {image_scores[index]:.4g}",
+        )
+        stem = Path(data.test_names[index]).with_suffix("").as_posix().replace("/", "_")
+        (directory / f"{kind}_{stem}.png").write_bytes(png)

@@ -1,0 +1,119 @@
+"""``reconad predict``: score new images with a trained, calibrated model.
+
+Per image it writes a heatmap, an overlay and the predicted defect mask (PNG, at the
+image's own size) and yields one JSON line with the image score, the threshold and the
+verdict; the same lines go to ``predictions.jsonl`` in the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from reconad import visualize
+from reconad.calibrate import decide
+from reconad.data.images import IMAGE_SUFFIXES, read_image, resize_image
+from reconad.errors import DataError
+from reconad.evaluate import decision_threshold
+from reconad.io import atomic_write_bytes, atomic_write_text
+from reconad.score import TrainedModel, load_trained, score_images
+
+PREDICTIONS_FILE = "predictions.jsonl"
+log = logging.getLogger("reconad")
+
+
+def predict(model_dir: Path, source: Path, out_dir: Path) -> Iterator[str]:
+    """Score every image of ``source`` (a file or a folder); yields JSON lines."""
+    trained = load_trained(model_dir)
+    calibration = trained.threshold()
+    threshold, min_area = decision_threshold(calibration, trained.primary_map)
+    files = list_images(source)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    batch = trained.params.score.batch_size
+    for start in range(0, len(files), batch):
+        chunk = files[start : start + batch]
+        originals = [load_for_model(path, trained) for path in chunk]
+        images = np.stack([resized for resized, _ in originals])
+        scores = score_images(trained.detector, images)
+        maps = scores.maps[trained.primary_map]
+        verdicts, masks = decide(maps, threshold, min_area)
+        for i, path in enumerate(chunk):
+            original_shape = originals[i][1]
+            record = write_outputs(
+                path, output_stem(path, source), out_dir, images[i], maps[i], masks[i],
+                original_shape, threshold,
+            )
+            record.update(
+                score=float(scores.image_scores[trained.primary_map][i]),
+                threshold=threshold,
+                min_area=min_area,
+                anomalous=bool(verdicts[i]),
+                map=trained.primary_map,
+            )
+            line = json.dumps(record)
+            lines.append(line)
+            yield line
+    atomic_write_text(out_dir / PREDICTIONS_FILE, "\n".join(lines) + "\n")
+
+
+def list_images(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise DataError(f"{source}: no such image or folder")
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    return files
+
+
+def load_for_model(path: Path, trained: TrainedModel) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image converted to the model's colour mode and size, and its own size."""
+    color = "grey" if trained.channels == 1 else "rgb"
+    image, converted = read_image(path, color)
+    if converted:
+        log.warning("%s: converted to %s to match the model", path, color)
+    shape = image.shape[:2]
+    if shape != (trained.image_size, trained.image_size):
+        log.warning("%s: resized from %dx%d to the model's %d px", path, shape[1], shape[0], trained.image_size)
+        image = resize_image(image, trained.image_size)
+    return image.reshape(trained.image_size, trained.image_size, trained.channels), shape
+
+
+def output_stem(path: Path, source: Path) -> str:
+    """A file name unique within the output folder, even for equal names in subfolders."""
+    if source.is_file():
+        return path.stem
+    return path.relative_to(source).with_suffix("").as_posix().replace("/", "__")
+
+
+def write_outputs(
+    path: Path,
+    stem: str,
+    out_dir: Path,
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    mask: np.ndarray,
+    original_shape: tuple[int, int],
+    threshold: float,
+) -> dict[str, str]:
+    """Heatmap, overlay and mask PNGs at the image's original size."""
+    height, width = original_shape
+    full_map = cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
+    full_image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    full_mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    outputs = {
+        "heatmap": out_dir / f"{stem}_heatmap.png",
+        "overlay": out_dir / f"{stem}_overlay.png",
+        "mask": out_dir / f"{stem}_mask.png",
+    }
+    atomic_write_bytes(outputs["heatmap"], visualize.encode_png(visualize.heatmap(full_map, threshold)))
+    atomic_write_bytes(outputs["overlay"], visualize.encode_png(visualize.overlay(full_image, full_map, threshold)))
+    atomic_write_bytes(outputs["mask"], visualize.encode_png(full_mask * 255))
+    return {"image": str(path), **{k: str(v) for k, v in outputs.items()}}

@@ -1,0 +1,303 @@
+"""The report stage: gather every evaluation into ``reports/metrics.json`` (DVC metrics),
+DVC plot data, PNG figures, ``report.md`` and a self-contained ``report.html``.
+
+Both documents are rendered from one list of blocks (headings, tables, figures), so
+they always say the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from reconad import paths
+from reconad.config import Params
+from reconad.errors import ReconadError
+from reconad.evaluate import CURVES_FILE, EXAMPLES_DIR, METRICS_FILE
+from reconad.io import atomic_dir, atomic_write_json, atomic_write_text
+from reconad.published import published_table
+
+REPORT_METRICS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "tpr",
+    "tnr",
+    "tpr_tnr_mean",
+    "image_f1",
+    "pixel_f1",
+)
+METRICS_JSON = "metrics.json"
+PLOTS_DIR = "plots"
+FIGURES_DIR = "figures"
+MAP_SEPARATOR = "@"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    variant: str
+    category: str
+    primary: str
+    metrics: dict[str, dict[str, float]]
+    curves: dict[str, Any]
+    examples: list[Path]
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: str  # "heading" | "text" | "table" | "image"
+    content: Any
+
+
+def build_report(params: Params, eval_dir: Path, reports_dir: Path) -> dict:
+    """Write every report output; returns the metrics written to ``metrics.json``."""
+    evaluations = collect(eval_dir, params)
+    metrics = metrics_tree(evaluations)
+    atomic_write_json(reports_dir / METRICS_JSON, metrics)
+    write_plot_data(reports_dir / PLOTS_DIR, evaluations)
+    figures = write_figures(reports_dir / FIGURES_DIR, evaluations)
+    blocks = report_blocks(params, metrics, evaluations, figures)
+    atomic_write_text(reports_dir / "report.md", render_markdown(blocks, reports_dir))
+    atomic_write_text(reports_dir / "report.html", render_html(blocks))
+    return metrics
+
+
+def collect(eval_dir: Path, params: Params) -> list[Evaluation]:
+    """The evaluations of every variant and category that ``run`` asks for."""
+    evaluations = []
+    for variants in params.run.values():
+        for variant in variants:
+            for category in params.dataset.categories:
+                evaluations.append(load_evaluation(eval_dir / variant / category))
+    if not evaluations:
+        raise ReconadError("params.yaml run: no variant selected, nothing to report")
+    return evaluations
+
+
+def load_evaluation(directory: Path) -> Evaluation:
+    metrics_file = directory / METRICS_FILE
+    if not metrics_file.exists():
+        raise ReconadError(f"{metrics_file}: missing; run `dvc repro` to evaluate first")
+    summary = json.loads(metrics_file.read_text(encoding="utf-8"))
+    curves = json.loads((directory / CURVES_FILE).read_text(encoding="utf-8"))
+    maps = {k: v for k, v in summary.items() if isinstance(v, dict)}
+    examples = sorted((directory / EXAMPLES_DIR).glob("*.png"))
+    return Evaluation(
+        summary["variant"], summary["category"], summary["primary"], maps, curves, examples
+    )
+
+
+def series_name(evaluation: Evaluation, map_name: str) -> str:
+    """``variant`` for the primary map, ``variant@map`` for the others."""
+    if map_name == evaluation.primary:
+        return evaluation.variant
+    return f"{evaluation.variant}{MAP_SEPARATOR}{map_name}"
+
+
+def metrics_tree(evaluations: list[Evaluation]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{series: {category: {metric: value}, "mean": {...}}}``, the DVC metrics file."""
+    tree: dict[str, dict[str, dict[str, float]]] = {}
+    for evaluation in evaluations:
+        for map_name, values in evaluation.metrics.items():
+            series = tree.setdefault(series_name(evaluation, map_name), {})
+            series[evaluation.category] = {k: round_metric(values[k]) for k in REPORT_METRICS}
+    for series in tree.values():
+        categories = list(series.values())
+        series["mean"] = {
+            k: round_metric(float(np.mean([c[k] for c in categories]))) for k in REPORT_METRICS
+        }
+    return tree
+
+
+def round_metric(value: float) -> float:
+    return round(float(value), 4) if math.isfinite(value) else float("nan")
+
+
+def write_plot_data(directory: Path, evaluations: list[Evaluation]) -> None:
+    """One CSV per curve and series, the layout ``dvc plots show`` draws as lines."""
+    with atomic_dir(directory) as tmp:
+        for evaluation in evaluations:
+            for map_name, curve in evaluation.curves.items():
+                stem = f"{series_name(evaluation, map_name)}__{evaluation.category}.csv"
+                write_csv(tmp / "roc" / stem, ("fpr", "tpr"), curve["roc"]["fpr"], curve["roc"]["tpr"])
+                write_csv(tmp / "pro" / stem, ("fpr", "pro"), curve["pro"]["fpr"], curve["pro"]["pro"])
+
+
+def write_csv(path: Path, header: tuple[str, str], xs: list[float], ys: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows((f"{x:.6g}", f"{y:.6g}") for x, y in zip(xs, ys, strict=True))
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def write_figures(directory: Path, evaluations: list[Evaluation]) -> dict[str, Path]:
+    """ROC and PRO figures per category, every series in one plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures: dict[str, Path] = {}
+    categories = sorted({e.category for e in evaluations})
+    with atomic_dir(directory) as tmp:
+        for curve, x_label, y_label in (("roc", "FPR", "TPR"), ("pro", "FPR", "PRO")):
+            figure, axes = plt.subplots(
+                1, len(categories), figsize=(4 * len(categories), 3.6), squeeze=False
+            )
+            for axis, category in zip(axes[0], categories, strict=True):
+                for evaluation in (e for e in evaluations if e.category == category):
+                    for map_name, data in evaluation.curves.items():
+                        y_key = "tpr" if curve == "roc" else "pro"
+                        axis.plot(
+                            data[curve]["fpr"], data[curve][y_key],
+                            label=series_name(evaluation, map_name),
+                        )
+                axis.set(title=category, xlabel=x_label, ylabel=y_label)
+                axis.grid(alpha=0.3)
+                axis.legend(fontsize=7)
+            figure.tight_layout()
+            name = f"{curve}.png"
+            figure.savefig(tmp / name, dpi=90)
+            plt.close(figure)
+            figures[curve] = directory / name
+    return figures
+
+
+def report_blocks(
+    params: Params,
+    metrics: dict[str, dict[str, dict[str, float]]],
+    evaluations: list[Evaluation],
+    figures: dict[str, Path],
+) -> list[Block]:
+    blocks = [
+        Block("heading", "reconad report"),
+        Block(
+            "text",
+            f"Dataset `{params.dataset.name}` ({', '.join(params.dataset.categories)}), "
+            f"image size {params.dataset.image_size}, profile `{params.profile}`, "
+            f"seed {params.seed}. Thresholds were calibrated on validation normals only "
+            f"(rule `{params.calibrate.rule}`).",
+        ),
+    ]
+    for series, per_category in metrics.items():
+        blocks.append(Block("heading2", series))
+        blocks.append(Block("table", metrics_table(per_category)))
+    if params.dataset.name == "mvtec_ad":
+        blocks.append(Block("heading2", "Published MVTec AD numbers (image AUROC / pixel AUROC)"))
+        blocks.append(Block("table", published_table(metrics, params.dataset.categories)))
+    blocks.append(Block("heading2", "ROC (image level) and PRO curves"))
+    blocks += [Block("image", path) for path in figures.values()]
+    blocks.append(Block("heading2", "Best and worst test images"))
+    for evaluation in evaluations:
+        blocks.append(Block("text", f"**{evaluation.variant} / {evaluation.category}**"))
+        blocks += [Block("image", path) for path in evaluation.examples]
+    blocks.append(Block("heading2", "Params used"))
+    blocks.append(Block("code", yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False)))
+    return blocks
+
+
+def metrics_table(per_category: dict[str, dict[str, float]]) -> list[list[str]]:
+    header = ["category", *REPORT_METRICS]
+    rows = [[name, *(f"{values[k]:.3f}" for k in REPORT_METRICS)] for name, values in per_category.items()]
+    return [header, *rows]
+
+
+def render_markdown(blocks: list[Block], base: Path) -> str:
+    lines: list[str] = []
+    for block in blocks:
+        if block.kind == "heading":
+            lines += [f"# {block.content}", ""]
+        elif block.kind == "heading2":
+            lines += [f"## {block.content}", ""]
+        elif block.kind == "text":
+            lines += [block.content, ""]
+        elif block.kind == "code":
+            lines += ["```yaml", block.content.rstrip(), "```", ""]
+        elif block.kind == "table":
+            header, *rows = block.content
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            lines.append("")
+        elif block.kind == "image":
+            relative = Path(block.content).resolve().relative_to(base.resolve())
+            lines += [f"![{relative.stem}]({relative.as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def render_html(blocks: list[Block]) -> str:
+    """A single HTML file with every PNG embedded, readable offline and by email."""
+    body: list[str] = []
+    for block in blocks:
+        if block.kind == "heading":
+            body.append(f"<h1>{html.escape(block.content)}</h1>")
+        elif block.kind == "heading2":
+            body.append(f"<h2>{html.escape(block.content)}</h2>")
+        elif block.kind == "text":
+            body.append(f"<p>{markdown_inline(block.content)}</p>")
+        elif block.kind == "code":
+            body.append(f"<pre>{html.escape(block.content)}</pre>")
+        elif block.kind == "table":
+            header, *rows = block.content
+            cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            body.append(f"<table><tr>{cells}</tr>")
+            for row in rows:
+                body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+            body.append("</table>")
+        elif block.kind == "image":
+            data = base64.b64encode(Path(block.content).read_bytes()).decode("ascii")
+            body.append(f'<img alt="{html.escape(Path(block.content).stem)}" src="data:image/png;base64,{data}">')
+    return HTML_PAGE.format(body="\n".join(body))
+
+
+def markdown_inline(text: str) -> str:
+    """The two inline forms the report uses: **bold** and `code`."""
+    escaped = html.escape(text)
+    parts = escaped.split("**")
+    escaped = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = escaped.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>reconad report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+img {{ max-width: 100%; margin: 4px; vertical-align: top; }}
+pre {{ background: #f6f6f6; padding: 1em; font-size: 0.8em; overflow-x: auto; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def format_metrics(path: Path, columns: tuple[str, ...] = REPORT_METRICS[:3] + ("tpr_tnr_mean", "pixel_f1")) -> str:
+    """``reports/metrics.json`` as an aligned text table, one row per series and category."""
+    if not path.exists():
+        raise ReconadError(f"{path}: missing; run `dvc repro` first")
+    tree = json.loads(path.read_text(encoding="utf-8"))
+    header = ["variant", "category", *columns]
+    rows = [
+        [series, category, *(f"{values[c]:.3f}" for c in columns)]
+        for series, per_category in tree.items()
+        for category, values in per_category.items()
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *rows]]
+    return "\n".join(lines)

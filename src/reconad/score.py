@@ -1,0 +1,94 @@
+"""Load a trained model directory and turn images into anomaly maps and image scores.
+
+A model directory (``models/<variant>/<category>``) holds ``model/`` (weights, the JSON
+description written by training, and any method state such as a memory bank) and,
+once calibrated, ``threshold.json``. Calibrate, evaluate and predict all go through
+:func:`load_trained`, so they score exactly the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from reconad import paths
+from reconad.config import Params
+from reconad.errors import DataError, ReconadError
+from reconad.models import Detector, Method, method_class
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    directory: Path
+    description: dict[str, Any]
+    params: Params
+    method: Method
+    detector: Detector
+
+    @property
+    def image_size(self) -> int:
+        return int(self.description["image_size"])
+
+    @property
+    def channels(self) -> int:
+        return int(self.description["channels"])
+
+    @property
+    def primary_map(self) -> str:
+        return self.detector.map_names[0]
+
+    def threshold(self) -> dict[str, Any]:
+        """The calibration of this model; an error says how to produce it."""
+        path = self.directory / paths.THRESHOLD_FILE
+        if not path.exists():
+            raise ReconadError(
+                f"{path}: no calibrated threshold; run `dvc repro` (or `reconad calibrate`)"
+            )
+        return read_json(path)
+
+
+@dataclass(frozen=True)
+class Scores:
+    maps: dict[str, np.ndarray]
+    """``{map name: (N, H, W)}``."""
+    image_scores: dict[str, np.ndarray]
+    """``{map name: (N,)}``."""
+
+
+def load_trained(model_dir: Path) -> TrainedModel:
+    """Load ``models/<variant>/<category>`` as written by ``reconad train``."""
+    model_dir = Path(model_dir)
+    description_file = model_dir / paths.MODEL_SUBDIR / paths.MODEL_CONFIG_FILE
+    if not description_file.exists():
+        raise ReconadError(
+            f"{model_dir}: not a trained model directory (no {paths.MODEL_SUBDIR}/"
+            f"{paths.MODEL_CONFIG_FILE}); point at models/<variant>/<category>"
+        )
+    description = read_json(description_file)
+    params = Params.model_validate(description["params"])
+    method = method_class(description["method"])(params, int(description["channels"]))
+    model = keras.saving.load_model(
+        model_dir / paths.MODEL_SUBDIR / paths.MODEL_FILE, compile=False
+    )
+    detector = method.load_detector(model, model_dir / paths.MODEL_SUBDIR)
+    return TrainedModel(model_dir, description, params, method, detector)
+
+
+def score_images(detector: Detector, images: np.ndarray) -> Scores:
+    """All of the detector's maps and their image scores for ``images`` (N, H, W, C)."""
+    if images.ndim != 4:
+        raise DataError(f"expected a batch of images (N, H, W, C), got shape {images.shape}")
+    maps = detector.anomaly_maps(images.astype(np.float32, copy=False))
+    return Scores(maps, {name: detector.image_scores(m) for name, m in maps.items()})
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReconadError(f"{path}: unreadable ({exc}); re-run the stage that writes it") from exc

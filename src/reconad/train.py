@@ -1,0 +1,241 @@
+"""Shared training loop: any method family, progressive phases, resumable, tracked.
+
+Interrupted training (Ctrl-C, SIGTERM, a crash) resumes where it stopped: each phase
+runs under ``keras.callbacks.BackupAndRestore`` and each finished phase leaves its
+weights behind, both under ``.reconad/checkpoints`` keyed by a hash of everything that
+determines the model, so a run with other params never resumes from stale state.
+The checkpoints live outside DVC's outputs because DVC deletes a stage's outputs before
+it runs the stage again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from reconad import paths, tracking
+from reconad.config import Params, Phase
+from reconad.data.layout import CategoryData, load_split
+from reconad.data.pipeline import training_dataset, validation_dataset
+from reconad.errors import ConfigError, TrainingError
+from reconad.io import atomic_dir, atomic_write_json
+from reconad.models import Method, method_class
+
+CHECKPOINT_ROOT = Path(".reconad/checkpoints")
+log = logging.getLogger("reconad")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    epochs_run: int
+    final_losses: dict[str, float]
+    run_id: str
+
+
+def train(
+    params: Params,
+    variant: str,
+    category: str,
+    prepared_dir: Path = paths.PREPARED_DIR,
+    out_dir: Path | None = None,
+    checkpoint_root: Path = CHECKPOINT_ROOT,
+) -> TrainResult:
+    """Train ``variant`` on the normal images of ``category`` and save it atomically.
+
+    Raises:
+        ConfigError: the network cannot take the configured image or crop size.
+        TrainingError: the loss became NaN.
+    """
+    out_dir = out_dir or paths.model_dir(variant, category)
+    data = load_split(paths.prepared_category(category, prepared_dir))
+    method = make_method(params, variant, data.train.shape[-1])
+    phases = checked_schedule(method, params)
+    key = run_key(params, variant, category, data)
+    checkpoints = checkpoint_root / variant / category / key
+    strategy = distribution_strategy(params.train.distribute)
+    with strategy.scope():
+        model = method.build()
+        model.compile(
+            optimizer=keras.optimizers.Adam(params.train.learning_rate),
+            loss=method.loss(),
+            jit_compile=params.train.jit_compile,
+        )
+    tags = {"variant": variant, "category": category, "method": method.family}
+    with tracking.training_run(params, f"{variant}/{category}", tags) as run_id:
+        tracking.log_params(tracking.flatten(relevant_params(params, method.family)))
+        epochs_run, losses = fit_phases(model, method, data, params, phases, checkpoints)
+        with atomic_dir(out_dir / paths.MODEL_SUBDIR) as tmp:
+            save_model(model, method, params, variant, category, data, run_id, tmp)
+            method.after_training(model, data.train, tmp)
+        tracking.log_artifacts(out_dir / paths.MODEL_SUBDIR, "model")
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return TrainResult(out_dir, epochs_run, losses, run_id)
+
+
+def make_method(params: Params, variant: str, channels: int) -> Method:
+    method = method_class(params.variant(variant).method)(params, channels)
+    method.check_image_size(params.dataset.image_size)
+    return method
+
+
+def checked_schedule(method: Method, params: Params) -> list[Phase]:
+    """The method's phases, refusing crops larger than the prepared images."""
+    phases = method.schedule()
+    for index, phase in enumerate(phases):
+        if phase.crop > params.dataset.image_size:
+            raise ConfigError(
+                f"{method.family}.schedule[{index}].crop: {phase.crop} exceeds "
+                f"dataset.image_size {params.dataset.image_size}"
+            )
+        if phase.crop % 8:
+            raise ConfigError(
+                f"{method.family}.schedule[{index}].crop: must be a multiple of 8 "
+                f"(got {phase.crop})"
+            )
+    return phases
+
+
+def fit_phases(
+    model: keras.Model,
+    method: Method,
+    data: CategoryData,
+    params: Params,
+    phases: list[Phase],
+    checkpoints: Path,
+) -> tuple[int, dict[str, float]]:
+    """Run every phase, skipping the ones a previous attempt finished."""
+    cfg = params.train
+    epochs_done = 0
+    losses: dict[str, float] = {}
+    val = validation_dataset(data.val, cfg.batch_size, params.seed, method.make_pairs)
+    for index, phase in enumerate(phases):
+        finished = checkpoints / f"phase{index}.weights.h5"
+        if finished.exists():
+            model.load_weights(finished)
+            log.info("phase %d (crop %d) already trained: resumed from %s", index, phase.crop, finished)
+            epochs_done += phase.epochs
+            continue
+        log.info("phase %d: crop %d, %d epochs", index, phase.crop, phase.epochs)
+        stream = training_dataset(
+            data.train,
+            phase.crop,
+            cfg.batch_size,
+            cfg.augment_for(data.category),
+            params.seed + 1000 * index,
+            method.make_pairs,
+        )
+        history = model.fit(
+            stream,
+            validation_data=val,
+            epochs=phase.epochs,
+            steps_per_epoch=cfg.steps_per_epoch,
+            callbacks=phase_callbacks(checkpoints / f"phase{index}", cfg.patience, index, epochs_done),
+            verbose=2,
+        )
+        epochs_done += len(history.epoch)
+        losses = {name: float(values[-1]) for name, values in history.history.items()}
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        model.save_weights(finished)
+    return epochs_done, losses
+
+
+def phase_callbacks(
+    backup_dir: Path, patience: int, phase: int, first_epoch: int
+) -> list[keras.callbacks.Callback]:
+    return [
+        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        NonFiniteLossGuard(phase),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=patience, restore_best_weights=True
+        ),
+        tracking.EpochMetricsLogger(first_epoch),
+    ]
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops at the first NaN/inf loss with a message naming where it happened."""
+
+    def __init__(self, phase: int) -> None:
+        super().__init__()
+        self.phase = phase
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingError(
+                f"loss became {float(loss)} at phase {self.phase}, epoch {self.epoch + 1}, "
+                f"step {batch + 1}; lower train.learning_rate or check the input images"
+            )
+
+
+def distribution_strategy(kind: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy named by ``train.distribute``."""
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def relevant_params(params: Params, family: str) -> dict[str, Any]:
+    """The params sections a model of ``family`` depends on (logged and hashed)."""
+    dump = params.model_dump(by_alias=True)
+    sections = ["seed", "dataset", "train", family, "corruption"]
+    if family == "sdc_ae":
+        sections.append("loss")
+    return {name: dump[name] for name in sections}
+
+
+def run_key(params: Params, variant: str, category: str, data: CategoryData) -> str:
+    """A hash of everything that determines the trained weights."""
+    payload = {
+        "variant": variant,
+        "category": category,
+        "params": relevant_params(params, params.variant(variant).method),
+        "data": data.fingerprint,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_model(
+    model: keras.Model,
+    method: Method,
+    params: Params,
+    variant: str,
+    category: str,
+    data: CategoryData,
+    run_id: str,
+    directory: Path,
+) -> None:
+    """``model.keras`` plus a JSON description that ``predict`` needs to use it."""
+    model.save(directory / paths.MODEL_FILE)
+    atomic_write_json(
+        directory / paths.MODEL_CONFIG_FILE,
+        {
+            "variant": variant,
+            "method": method.family,
+            "category": category,
+            "image_size": params.dataset.image_size,
+            "channels": int(data.train.shape[-1]),
+            "color": data.color,
+            "mlflow_run_id": run_id,
+            "params": params.model_dump(mode="json", by_alias=True),
+        },
+    )
+
