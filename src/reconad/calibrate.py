@@ -10,9 +10,17 @@ evaluation protocol (``reconad.metrics.connected_components``).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
+from reconad import paths
+from reconad.config import Params
+from reconad.data.layout import load_split
+from reconad.io import atomic_write_json
 from reconad.metrics import connected_components
+from reconad.score import load_trained, score_images
 
 
 def component_threshold(val_maps: np.ndarray, min_area: int) -> float:
@@ -64,9 +72,7 @@ def percentile_threshold(val_maps: np.ndarray, percentile: float) -> float:
     return float(np.percentile(val_maps, percentile))
 
 
-def decide(
-    maps: np.ndarray, threshold: float, min_area: int
-) -> tuple[np.ndarray, np.ndarray]:
+def decide(maps: np.ndarray, threshold: float, min_area: int) -> tuple[np.ndarray, np.ndarray]:
     """Image decisions and predicted masks at a threshold and minimal defect area.
 
     Args:
@@ -133,6 +139,43 @@ def map_statistics(val_maps: np.ndarray) -> dict[str, float]:
         "p99": float(p99),
         "max": float(val_maps.max()),
     }
+
+
+def calibrate_model(
+    params: Params,
+    variant: str,
+    category: str,
+    prepared_dir: Path = paths.PREPARED_DIR,
+    model_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The calibrate stage: thresholds of every map of a trained model, from the
+    validation normals of ``category`` only, saved as ``threshold.json`` next to it.
+
+    Both rules are computed and stored; ``calibrate.rule`` says which one decides.
+    The validation map statistics are kept too, to normalise maps for ensembles.
+    """
+    model_dir = model_dir or paths.model_dir(variant, category)
+    trained = load_trained(model_dir)
+    val = load_split(paths.prepared_category(category, prepared_dir)).val
+    scores = score_images(trained.detector, val)
+    min_area = params.calibrate.min_area_for(category)
+    calibration = {
+        "rule": params.calibrate.rule,
+        "min_area": min_area,
+        "percentile": params.calibrate.percentile,
+        "primary": trained.primary_map,
+        "validation_images": len(val),
+        "maps": {
+            name: {
+                "components": component_threshold(maps, min_area),
+                "percentile": percentile_threshold(maps, params.calibrate.percentile),
+                "stats": map_statistics(maps),
+            }
+            for name, maps in scores.maps.items()
+        },
+    }
+    atomic_write_json(model_dir / paths.THRESHOLD_FILE, calibration)
+    return calibration
 
 
 def _largest_component(binary: np.ndarray) -> int:

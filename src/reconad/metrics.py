@@ -296,9 +296,7 @@ def _ranked_cumulative_sums(
     return positive, negative
 
 
-def _cut_curve(
-    fpr: np.ndarray, pro: np.ndarray, max_fpr: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _cut_curve(fpr: np.ndarray, pro: np.ndarray, max_fpr: float) -> tuple[np.ndarray, np.ndarray]:
     """Keep the points with fpr <= max_fpr and end the curve exactly at max_fpr."""
     kept = int(np.searchsorted(fpr, max_fpr, side="right"))
     cut_fpr, cut_pro = fpr[:kept], pro[:kept]
@@ -345,15 +343,12 @@ def _as_bool(values: np.ndarray, name: str) -> np.ndarray:
     return values.astype(bool)
 
 
-def _check_scores_labels(
-    scores: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _check_scores_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64)
     labels = _as_bool(labels, "labels")
     if scores.ndim != 1 or scores.shape != labels.shape:
         raise ValueError(
-            f"scores and labels must be (N,) of equal length, got {scores.shape} and "
-            f"{labels.shape}"
+            f"scores and labels must be (N,) of equal length, got {scores.shape} and {labels.shape}"
         )
     if not np.isfinite(scores).all():
         raise ValueError("scores contain NaN or infinite values")
@@ -372,8 +367,7 @@ def _check_maps_masks(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, 
     masks = _as_bool(masks, "masks")
     if maps.ndim != 3 or maps.shape != masks.shape:
         raise ValueError(
-            f"maps and masks must be (N, H, W) of equal shape, got {maps.shape} and "
-            f"{masks.shape}"
+            f"maps and masks must be (N, H, W) of equal shape, got {maps.shape} and {masks.shape}"
         )
     if not np.isfinite(maps).all():
         raise ValueError("anomaly maps contain NaN or infinite values")

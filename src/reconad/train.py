@@ -207,10 +207,18 @@ def run_key(params: Params, variant: str, category: str, data: CategoryData) -> 
         "variant": variant,
         "category": category,
         "params": relevant_params(params, params.variant(variant).method),
-        "data": data.fingerprint,
+        "data": data_fingerprint(data),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def data_fingerprint(data: CategoryData) -> str:
+    """A hash of the training and validation pixels the model sees."""
+    digest = hashlib.sha256()
+    for images in (data.train, data.val):
+        digest.update(np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()
 
 
 def save_model(

@@ -257,8 +257,7 @@ def mean_change(clean: np.ndarray, defect: Defect) -> float:
 def is_visible(clean: np.ndarray, defect: Defect) -> bool:
     """Large enough (``MIN_MASK_PIXELS``) and contrasted enough (``MIN_MEAN_CHANGE``)."""
     return (
-        int(defect.mask.sum()) >= MIN_MASK_PIXELS
-        and mean_change(clean, defect) >= MIN_MEAN_CHANGE
+        int(defect.mask.sum()) >= MIN_MASK_PIXELS and mean_change(clean, defect) >= MIN_MEAN_CHANGE
     )
 
 
@@ -308,15 +307,11 @@ def _fixed_point(points: np.ndarray) -> np.ndarray:
     return np.round(points * (1 << _SUBPIXEL_BITS)).astype(np.int32)
 
 
-def _stroke_alpha(
-    shape: tuple[int, ...], paths: list[np.ndarray], widths: list[int]
-) -> np.ndarray:
+def _stroke_alpha(shape: tuple[int, ...], paths: list[np.ndarray], widths: list[int]) -> np.ndarray:
     """Anti-aliased polylines (each (N, 2) x, y) as an opacity map (H, W) in [0, 1]."""
     canvas = np.zeros(shape, np.uint8)
     for path, width in zip(paths, widths, strict=True):
-        cv2.polylines(
-            canvas, [_fixed_point(path)], False, 255, width, cv2.LINE_AA, _SUBPIXEL_BITS
-        )
+        cv2.polylines(canvas, [_fixed_point(path)], False, 255, width, cv2.LINE_AA, _SUBPIXEL_BITS)
     return canvas.astype(np.float32) / 255.0
 
 

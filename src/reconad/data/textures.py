@@ -3,9 +3,9 @@
 Source photos: ``skimage.data.brick()``, ``grass()`` and ``gravel()``, 512 x 512 uint8
 grey images shipped inside the scikit-image wheel (``skimage/data/*.png``), so building
 needs no network. scikit-image's own code is BSD-3-Clause, but these three images keep
-the licence of their origin, stated in their docstrings: brick (CC0Textures "Bricks25")
-and gravel (CC0Textures "Gravel04") and grass (DeviantArt user linolafett, "Grass-01")
-are all under Creative Commons CC0 1.0 (public domain dedication). The data directory's
+the licence of their origin, stated in their docstrings: brick and gravel
+(CC0Textures "Bricks25", "Gravel04") and grass (DeviantArt user linolafett, "Grass-01")
+are under Creative Commons CC0 1.0, a public-domain dedication. The data directory's
 README.txt says nothing about licences.
 
 Each photo is cut into three disjoint regions (``split_regions``): train (top band),
@@ -249,30 +249,29 @@ def _write_category(
     """Render and write every image of one category under ``root``."""
     regions = split_regions(*source.shape)
     sides = window_sides(regions, image_size)
-    rngs = dict(zip(_STREAMS, map(np.random.default_rng, category_seed(seed, category).spawn(4))))
+    streams = category_seed(seed, category).spawn(len(_STREAMS))
+    rngs = {name: np.random.default_rng(s) for name, s in zip(_STREAMS, streams, strict=True)}
     crops: dict[str, Crop] = {}
 
-    def add_normal(name: str, region: str, stream: str) -> np.ndarray:
-        crop = draw_crop(regions[region], sides, rngs[stream])
-        image = render_crop(source, crop, image_size)
-        _write_png(root / name, image)
-        crops[name] = crop
-        return image
+    def take_crop(name: str, region: str, stream: str) -> np.ndarray:
+        crops[name] = draw_crop(regions[region], sides, rngs[stream])
+        return render_crop(source, crops[name], image_size)
 
     train = [f"train/good/{_stem(i, counts.train)}.png" for i in range(counts.train)]
     val = [f"train/good/val_{_stem(i, counts.val)}.png" for i in range(counts.val)]
     test = [f"test/good/{_stem(i, counts.test_good)}.png" for i in range(counts.test_good)]
-    for name in train:
-        add_normal(name, "train", "train")
-    for name in val:
-        add_normal(name, "val", "val")
-    for name in test:
-        add_normal(name, "test", "test_good")
+    for names, region, stream in (
+        (train, "train", "train"),
+        (val, "val", "val"),
+        (test, "test", "test_good"),
+    ):
+        for name in names:
+            _write_png(root / name, take_crop(name, region, stream))
     for kind, count in defects_per_kind(counts.test_defect).items():
         for index in range(count):
             stem = _stem(index, count)
             name = f"test/{kind}/{stem}.png"
-            clean = add_normal(name, "test", "test_defect")
+            clean = take_crop(name, "test", "test_defect")
             defect = make_defect(clean.astype(np.float32) / 255.0, kind, rngs["test_defect"])
             _write_png(root / name, np.round(defect.image * 255.0).astype(np.uint8))
             _write_png(root / f"ground_truth/{kind}/{stem}_mask.png", _mask_png(defect.mask))

@@ -1,0 +1,183 @@
+"""SDC-AE (Bauer): autoencoder with stacked dilated convolutions, trained to undo corruptions.
+
+Training input: a clean crop with soft patches corrupted by
+:func:`~reconad.corrupt.elastic.elastic_patch_corruption`; target: the clean crop (loss
+``restore`` or ``contrast``, :mod:`reconad.losses`). Anomaly map: the squared
+reconstruction error averaged over channels, smoothed (methods.md §1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from reconad.config import Phase, SdcAeConfig, SdcScoreConfig
+from reconad.corrupt.elastic import elastic_patch_corruption
+from reconad.errors import ConfigError
+from reconad.losses import sdc_loss
+from reconad.maps import box_smooth, gaussian_smooth, image_score
+from reconad.models.base import LossFn, Method, batched_predict
+from reconad.models.layers import ConvexCombination, SdcBlock
+
+MIN_CHANNELS = 4
+"""Smallest layer width after the ``width`` multiplier."""
+
+CCM_KERNEL = 1
+"""Gate convolution of the Convex Combination Module (Model II)."""
+
+
+def scaled_width(filters: int, width: float) -> int:
+    """Channels of a layer with the paper's ``filters`` at multiplier ``width``."""
+    return max(MIN_CHANNELS, round(filters * width))
+
+
+def downsampling_factor(cfg: SdcAeConfig) -> int:
+    """Image sides must be multiples of this: one 2x2 pooling per encoder stage."""
+    return 2 ** len(cfg.encoder_filters)
+
+
+def build_sdc_ae(cfg: SdcAeConfig, channels: int) -> keras.Model:
+    """Model I (v2 Table 1) or Model II (Model I + Convex Combination skips, v3).
+
+    Encoder stages [conv3x3, conv3x3, maxpool] per ``encoder_filters``; ``sdc_blocks``
+    SDC blocks; decoder stages [transposed conv3x3/2, conv3x3, conv3x3] with the
+    encoder widths reversed; conv1x1 to ``channels`` with a sigmoid. BatchNorm + ReLU
+    follow every convolution except the last (BN there causes gridding, v2 sec. 3.3).
+    Model II merges each encoder stage's output (before pooling) into the decoder right
+    after the transposed convolution of the same resolution; both have the same width.
+
+    Args:
+        cfg: architecture and widths.
+        channels: image channels C (1 or 3).
+
+    Returns:
+        Fully convolutional model ``(None, None, C) -> (None, None, C)``, float32 output;
+        H and W must be multiples of :func:`downsampling_factor`.
+    """
+    if channels < 1:
+        raise ValueError(f"Expected channels >= 1, Received: channels={channels}")
+    inputs = keras.Input(shape=(None, None, channels), name="image")
+    features = inputs
+    skips = []
+    for stage, filters in enumerate(cfg.encoder_filters, start=1):
+        width = scaled_width(filters, cfg.width)
+        features = _conv_bn_relu(features, width, f"encoder{stage}_conv1")
+        features = _conv_bn_relu(features, width, f"encoder{stage}_conv2")
+        skips.append(features)
+        features = keras.layers.MaxPooling2D(2, name=f"encoder{stage}_pool")(features)
+    for block in range(1, cfg.sdc_blocks + 1):
+        features = SdcBlock(
+            scaled_width(cfg.sdc_filters, cfg.width), cfg.dilations, cfg.sdc_kernel,
+            name=f"sdc{block}",
+        )(features)
+    for stage, (filters, skip) in enumerate(
+        zip(reversed(cfg.encoder_filters), reversed(skips), strict=True), start=1
+    ):
+        width = scaled_width(filters, cfg.width)
+        features = _conv_bn_relu(features, width, f"decoder{stage}_up", transpose=True)
+        if cfg.architecture == "model2":
+            features = ConvexCombination(CCM_KERNEL, name=f"decoder{stage}_ccm")([features, skip])
+        features = _conv_bn_relu(features, width, f"decoder{stage}_conv1")
+        features = _conv_bn_relu(features, width, f"decoder{stage}_conv2")
+    outputs = keras.layers.Conv2D(
+        channels, 1, activation="sigmoid", dtype="float32", name="reconstruction"
+    )(features)
+    return keras.Model(inputs, outputs, name=f"sdc_ae_{cfg.architecture}")
+
+
+def _conv_bn_relu(
+    features: keras.KerasTensor, filters: int, name: str, transpose: bool = False
+) -> keras.KerasTensor:
+    """3x3 convolution (stride-2 transposed when ``transpose``), BatchNorm, ReLU."""
+    if transpose:
+        conv = keras.layers.Conv2DTranspose(
+            filters, 3, strides=2, padding="same", use_bias=False, name=name
+        )
+    else:
+        conv = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)
+    features = keras.layers.BatchNormalization(name=f"{name}_bn")(conv(features))
+    return keras.layers.ReLU(name=f"{name}_relu")(features)
+
+
+class SdcDetector:
+    """Scores images by the smoothed squared reconstruction error of a trained SDC-AE."""
+
+    map_names: tuple[str, ...] = ("residual",)
+
+    def __init__(self, model: keras.Model, score: SdcScoreConfig, batch_size: int) -> None:
+        self._model = model
+        self._score = score
+        self._batch_size = batch_size
+        self._residual = tf.function(self._residual_map, reduce_retracing=True)
+
+    def _residual_map(self, images: tf.Tensor) -> tf.Tensor:
+        reconstruction = tf.cast(self._model(images, training=False), tf.float32)
+        return tf.reduce_mean(tf.square(images - reconstruction), axis=-1)
+
+    def anomaly_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """``{"residual": (N, H, W)}``: mean over channels of ``(x - F(x))^2``, smoothed.
+
+        Args:
+            images: float32 ``(N, H, W, C)`` in [0, 1], H and W multiples of 8.
+        """
+        images = np.asarray(images, dtype=np.float32)
+        if len(images) == 0:
+            return {"residual": np.zeros(images.shape[:3], np.float32)}
+        residual = batched_predict(self._residual, images, self._batch_size)
+        return {"residual": smooth_residual(residual, self._score)}
+
+    def image_scores(self, maps: np.ndarray) -> np.ndarray:
+        """``(N,)`` scores: max (or top-q mean) of each map, per ``score.sdc_ae``."""
+        return image_score(maps, self._score.image_score, self._score.top_q)
+
+
+def smooth_residual(maps: np.ndarray, score: SdcScoreConfig) -> np.ndarray:
+    """Apply ``score.smoothing``: Gaussian (v1/v2), ``anomap^{n,k}`` box passes (v3), none."""
+    if score.smoothing == "gaussian":
+        return gaussian_smooth(maps, score.sigma)
+    if score.smoothing == "anomap":
+        return box_smooth(maps, score.box_size, score.box_passes)
+    return np.asarray(maps, dtype=np.float32)
+
+
+class SdcAe(Method):
+    """SDC-AE family: Model I/II, elastic patch corruption, ``restore``/``contrast`` loss."""
+
+    family = "sdc_ae"
+
+    def build(self) -> keras.Model:
+        return build_sdc_ae(self.params.sdc_ae, self.channels)
+
+    def make_pairs(self, clean: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(x_hat, [x, M, x_hat])``: corrupted input; clean, mask, input for the loss."""
+        x_hat, x, mask = elastic_patch_corruption(clean, seed, self.params.corruption.elastic)
+        return x_hat, tf.concat([x, mask, x_hat], axis=-1)
+
+    def loss(self) -> LossFn:
+        return sdc_loss(self.params.loss.objective, self.params.loss.lambda_)
+
+    def schedule(self) -> list[Phase]:
+        """Progressive training: random crops growing at full resolution (v2 sec. 3.2)."""
+        return list(self.params.sdc_ae.schedule)
+
+    def check_image_size(self, size: int) -> None:
+        factor = downsampling_factor(self.params.sdc_ae)
+        stages = len(self.params.sdc_ae.encoder_filters)
+        if size % factor:
+            raise ConfigError(
+                f"dataset.image_size: SDC-AE needs a multiple of {factor} "
+                f"({stages} poolings), got {size}"
+            )
+        for index, phase in enumerate(self.params.sdc_ae.schedule):
+            if phase.crop % factor:
+                raise ConfigError(
+                    f"sdc_ae.schedule[{index}].crop: SDC-AE needs a multiple of {factor} "
+                    f"({stages} poolings), got {phase.crop}"
+                )
+
+    def load_detector(self, model: keras.Model, model_dir: Path) -> SdcDetector:
+        del model_dir
+        return SdcDetector(model, self.params.score.sdc_ae, self.params.score.batch_size)

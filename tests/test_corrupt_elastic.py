@@ -1,0 +1,252 @@
+"""SDC-AE patch corruption and its field helpers: shapes, masks, guarantees, purity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import ndimage
+
+from reconad.config import ElasticConfig
+from reconad.corrupt.elastic import MIN_CHANGE, elastic_patch_corruption
+from reconad.corrupt.fields import (
+    bilinear_warp,
+    gaussian_blur,
+    gaussian_kernel,
+    smooth_random_field,
+)
+
+SEED = tf.constant([7, 11], tf.int64)
+
+
+def _textures(batch: int, height: int, width: int, channels: int, seed: int = 0) -> np.ndarray:
+    """Smooth random images in [0, 1]: enough structure for warps to change them."""
+    rng = np.random.default_rng(seed)
+    noise = rng.random((batch, height, width, channels))
+    smooth = ndimage.gaussian_filter(noise, sigma=(0, 1.5, 1.5, 0))
+    low, high = smooth.min(), smooth.max()
+    return ((smooth - low) / (high - low)).astype(np.float32)
+
+
+def _corrupt(images: np.ndarray, seed: tf.Tensor = SEED, **overrides: object) -> tuple:
+    x_hat, x, mask = elastic_patch_corruption(
+        tf.constant(images), seed, ElasticConfig(**overrides)
+    )
+    return x_hat.numpy(), x.numpy(), mask.numpy()
+
+
+# ---------------------------------------------------------------------------- fields
+
+
+def test_gaussian_blur_matches_scipy_reflect() -> None:
+    images = _textures(2, 20, 24, 3)
+    blurred = gaussian_blur(tf.constant(images), 1.5).numpy()
+    expected = ndimage.gaussian_filter(images, sigma=(0, 1.5, 1.5, 0), mode="reflect")
+    np.testing.assert_allclose(blurred, expected, atol=1e-5)
+
+
+def test_gaussian_kernel_is_normalised_and_rejects_bad_sigma() -> None:
+    kernel = gaussian_kernel(2.0).numpy()
+    assert kernel.shape == (2 * 8 + 1,)
+    assert kernel.sum() == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_kernel(0.0)
+
+
+def test_bilinear_warp_matches_scipy_map_coordinates() -> None:
+    images = _textures(1, 12, 10, 2)
+    rng = np.random.default_rng(3)
+    flow = rng.uniform(-3, 3, size=(1, 12, 10, 2)).astype(np.float32)
+    warped = bilinear_warp(tf.constant(images), tf.constant(flow)).numpy()
+    rows, cols = np.meshgrid(np.arange(12), np.arange(10), indexing="ij")
+    coords = [np.clip(rows + flow[0, ..., 0], 0, 11), np.clip(cols + flow[0, ..., 1], 0, 9)]
+    for channel in range(2):
+        expected = ndimage.map_coordinates(images[0, ..., channel], coords, order=1)
+        np.testing.assert_allclose(warped[0, ..., channel], expected, atol=1e-5)
+
+
+def test_bilinear_warp_with_integer_flow_is_exact_translation() -> None:
+    images = _textures(1, 8, 8, 1)
+    flow = np.zeros((1, 8, 8, 2), np.float32)
+    flow[..., 0], flow[..., 1] = 2.0, -1.0
+    warped = bilinear_warp(tf.constant(images), tf.constant(flow)).numpy()
+    np.testing.assert_array_equal(warped[0, :6, 1:, 0], images[0, 2:, :7, 0])
+
+
+def test_smooth_random_field_scale_and_determinism() -> None:
+    args = (tf.constant(64), tf.constant(64), 2.0, 10.0)
+    field = smooth_random_field(SEED, tf.constant(4), *args).numpy()
+    again = smooth_random_field(SEED, tf.constant(4), *args).numpy()
+    assert field.shape == (4, 64, 64, 2)
+    np.testing.assert_array_equal(field, again)
+    # alpha * std(U(-1,1)) * sqrt(sum k^2), sum k^2 ~ 1 / (4 pi sigma^2): 10 * 0.577 * 0.141
+    expected_rms = 10.0 * np.sqrt(1.0 / 3.0) / (2.0 * np.sqrt(np.pi) * 2.0)
+    assert np.sqrt(np.mean(field**2)) == pytest.approx(expected_rms, rel=0.15)
+
+
+# ------------------------------------------------------------------------ corruption
+
+
+@pytest.mark.parametrize(("height", "width", "channels"), [(32, 32, 1), (48, 64, 3), (40, 24, 3)])
+def test_shapes_dtypes_and_ranges(height: int, width: int, channels: int) -> None:
+    images = _textures(3, height, width, channels)
+    x_hat, x, mask = _corrupt(images)
+    for array in (x_hat, x, mask):
+        assert array.shape == (3, height, width, channels)
+        assert array.dtype == np.float32
+    np.testing.assert_array_equal(x, images)
+    assert mask.min() >= 0.0 and mask.max() <= 1.0
+    assert x_hat.min() >= 0.0 and x_hat.max() <= 1.0
+    np.testing.assert_array_equal(mask, np.repeat(mask[..., :1], channels, axis=-1))
+
+
+def test_runs_in_tf_data_with_unknown_batch_size() -> None:
+    cfg = ElasticConfig()
+    images = _textures(5, 32, 32, 1)
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(2).enumerate()
+    dataset = dataset.map(
+        lambda index, batch: elastic_patch_corruption(batch, tf.stack([index, 3]), cfg)
+    )
+    assert dataset.element_spec[0].shape.as_list() == [None, 32, 32, 1]
+    sizes = [x_hat.shape[0] for x_hat, _, _ in dataset]
+    assert sizes == [2, 2, 1]
+
+
+def test_runs_with_unknown_height_and_width() -> None:
+    cfg = ElasticConfig()
+    corrupt = tf.function(
+        lambda images: elastic_patch_corruption(images, SEED, cfg),
+        input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)],
+    )
+    for height, width in [(32, 32), (40, 56)]:
+        x_hat, _, mask = corrupt(tf.constant(_textures(2, height, width, 1)))
+        assert x_hat.shape == (2, height, width, 1) and mask.shape == (2, height, width, 1)
+
+
+def test_mask_is_zero_outside_one_patch_and_x_hat_unchanged_there() -> None:
+    images = _textures(8, 64, 64, 1)
+    x_hat, x, mask = _corrupt(images, patches_min=1, patches_max=1, size_min=0.2, size_max=0.3)
+    largest_side = round(0.3 * 64)
+    for index in range(8):
+        rows, cols = np.nonzero(mask[index, ..., 0])
+        assert rows.size > 0
+        assert rows.max() - rows.min() < largest_side and cols.max() - cols.min() < largest_side
+        outside = mask[index] == 0
+        np.testing.assert_array_equal(x_hat[index][outside], x[index][outside])
+
+
+def test_mask_border_is_soft_and_smooth() -> None:
+    images = _textures(8, 64, 64, 1)
+    _, _, mask = _corrupt(images, patches_min=1, patches_max=1, size_min=0.35, size_max=0.4)
+    mask = mask[..., 0]
+    steps = np.maximum(np.abs(np.diff(mask, axis=1)).max(), np.abs(np.diff(mask, axis=2)).max())
+    assert steps < 0.5  # a binary disk would jump by 1
+    support = mask > 0
+    soft = (mask > 0.02) & (mask < 0.98)
+    assert soft.sum() > 0.2 * support.sum()
+    assert (mask >= 0.999).any(axis=(1, 2)).all()  # every disk has a solid core
+
+
+def _radial_irregularity(mask: np.ndarray) -> float:
+    """Mean spread of mask values on rings around the mask's centroid (0 for a disk)."""
+    rows, cols = np.indices(mask.shape)
+    weight = mask.sum()
+    centre_row, centre_col = (rows * mask).sum() / weight, (cols * mask).sum() / weight
+    ring = np.round(np.hypot(rows - centre_row, cols - centre_col)).astype(int)
+    spreads = [mask[ring == r].std() for r in range(1, ring.max()) if (ring == r).sum() > 8]
+    return float(np.mean(spreads))
+
+
+def test_mask_distortion_makes_irregular_shapes() -> None:
+    images = _textures(6, 64, 64, 1)
+    common = {"patches_min": 1, "patches_max": 1, "size_min": 0.4, "size_max": 0.4}
+    _, _, round_masks = _corrupt(images, mask_sigma=4.0, mask_alpha=0.5, **common)
+    _, _, bent_masks = _corrupt(images, mask_sigma=4.0, mask_alpha=50.0, **common)
+    round_score = np.mean([_radial_irregularity(m[..., 0]) for m in round_masks])
+    bent_score = np.mean([_radial_irregularity(m[..., 0]) for m in bent_masks])
+    assert bent_score > 3 * round_score
+    np.testing.assert_raises(
+        AssertionError, np.testing.assert_allclose, bent_masks[0], bent_masks[1]
+    )
+
+
+def _compiled(cfg: ElasticConfig) -> tf.types.experimental.PolymorphicFunction:
+    return tf.function(lambda images, seed: elastic_patch_corruption(images, seed, cfg))
+
+
+def test_every_image_changes_for_200_seeds() -> None:
+    flat = np.stack([np.full((32, 32, 1), value, np.float32) for value in (0.0, 0.5, 1.0)])
+    images = tf.constant(np.concatenate([flat, _textures(3, 32, 32, 1)]))
+    configs = [
+        ElasticConfig(size_min=0.01, size_max=0.05, patches_min=1, patches_max=2),
+        ElasticConfig(size_min=0.01, size_max=0.3, modes=["zeros", "swap"]),
+        ElasticConfig(modes=["elastic", "swap"], brightness=0.05),
+    ]
+    smallest = np.inf
+    for index, cfg in enumerate(configs):
+        corrupt = _compiled(cfg)
+        for seed in range(200 if index == 0 else 70):
+            x_hat, x, mask = corrupt(images, tf.constant([seed, index], tf.int64))
+            change = tf.reduce_sum(tf.abs(x_hat - x), axis=[1, 2, 3]).numpy()
+            smallest = min(smallest, change.min())
+            assert (tf.reduce_sum(mask, axis=[1, 2, 3]).numpy() > 0).all()
+    assert smallest >= MIN_CHANGE
+
+
+def test_flat_image_gets_the_fallback_brightness_shift() -> None:
+    images = np.full((2, 32, 32, 1), 0.25, np.float32)
+    x_hat, x, mask = _corrupt(images, modes=["elastic"])
+    np.testing.assert_allclose(x_hat, x + 0.5 * mask, atol=1e-6)
+
+
+def test_same_seed_same_output_different_seed_different_output() -> None:
+    images = _textures(4, 32, 32, 3)
+    first = _corrupt(images, tf.constant([1, 2], tf.int64), modes=["elastic", "swap"])
+    again = _corrupt(images, tf.constant([1, 2], tf.int64), modes=["elastic", "swap"])
+    other = _corrupt(images, tf.constant([1, 3], tf.int64), modes=["elastic", "swap"])
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[2], other[2])
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_zeros_mode_blanks_the_patch_core() -> None:
+    images = _textures(4, 32, 32, 1) * 0.5 + 0.5
+    x_hat, _, mask = _corrupt(images, modes=["zeros"])
+    core = mask == 1.0
+    assert core.any()
+    np.testing.assert_array_equal(x_hat[core], 0.0)
+
+
+def test_swap_mode_copies_pixels_from_the_same_image() -> None:
+    images = _textures(4, 32, 32, 1)
+    x_hat, x, mask = _corrupt(images, modes=["swap"], patches_min=1, patches_max=1)
+    for index in range(4):
+        core = mask[index] == 1.0
+        assert np.isin(x_hat[index][core], x[index]).all()
+
+
+def test_brightness_shifts_the_replacement_within_its_range() -> None:
+    images = np.full((4, 32, 32, 1), 0.5, np.float32)
+    x_hat, _, mask = _corrupt(
+        images, modes=["zeros"], brightness=0.2, patches_min=1, patches_max=1
+    )
+    core = mask == 1.0
+    assert x_hat[core].min() >= 0.0 and x_hat[core].max() <= 0.2 + 1e-6
+
+
+def test_empty_modes_are_rejected() -> None:
+    with pytest.raises(ValueError, match="modes"):
+        _corrupt(_textures(1, 32, 32, 1), modes=[])
+
+
+def test_graph_is_pure_tensorflow_and_stateless() -> None:
+    cfg = ElasticConfig(modes=["elastic", "zeros", "swap"], brightness=0.1)
+    concrete = _compiled(cfg).get_concrete_function(
+        tf.TensorSpec([None, None, None, 3], tf.float32), tf.TensorSpec([2], tf.int64)
+    )
+    op_types = {op.type for op in concrete.graph.get_operations()}
+    assert not op_types & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+    stateful_random = {"RandomUniform", "RandomUniformInt", "RandomStandardNormal"}
+    assert not op_types & stateful_random
+    assert any(op.startswith("StatelessRandom") for op in op_types)
