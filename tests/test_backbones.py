@@ -87,10 +87,10 @@ def test_offline_imagenet_error_names_the_file_and_folder(
 
 
 def test_weights_file_errors(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="patch_ae.weights: required"):
+    with pytest.raises(ConfigError, match=r"patch_ae\.weights: required"):
         build_backbone("file", None, channels=3)
     missing = tmp_path / "absent.h5"
-    with pytest.raises(ConfigError, match="file not found: .*absent.h5"):
+    with pytest.raises(ConfigError, match=r"file not found: .*absent\.h5"):
         build_backbone("file", str(missing), channels=3)
     with pytest.raises(ConfigError, match="file not found"):
         build_backbone("resnet50", str(missing), channels=3)

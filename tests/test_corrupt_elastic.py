@@ -15,6 +15,7 @@ from reconad.corrupt.fields import (
     gaussian_kernel,
     smooth_random_field,
 )
+from reconad.errors import ConfigError
 
 SEED = tf.constant([7, 11], tf.int64)
 
@@ -29,9 +30,7 @@ def _textures(batch: int, height: int, width: int, channels: int, seed: int = 0)
 
 
 def _corrupt(images: np.ndarray, seed: tf.Tensor = SEED, **overrides: object) -> tuple:
-    x_hat, x, mask = elastic_patch_corruption(
-        tf.constant(images), seed, ElasticConfig(**overrides)
-    )
+    x_hat, x, mask = elastic_patch_corruption(tf.constant(images), seed, ElasticConfig(**overrides))
     return x_hat.numpy(), x.numpy(), mask.numpy()
 
 
@@ -228,15 +227,13 @@ def test_swap_mode_copies_pixels_from_the_same_image() -> None:
 
 def test_brightness_shifts_the_replacement_within_its_range() -> None:
     images = np.full((4, 32, 32, 1), 0.5, np.float32)
-    x_hat, _, mask = _corrupt(
-        images, modes=["zeros"], brightness=0.2, patches_min=1, patches_max=1
-    )
+    x_hat, _, mask = _corrupt(images, modes=["zeros"], brightness=0.2, patches_min=1, patches_max=1)
     core = mask == 1.0
     assert x_hat[core].min() >= 0.0 and x_hat[core].max() <= 0.2 + 1e-6
 
 
 def test_empty_modes_are_rejected() -> None:
-    with pytest.raises(ValueError, match="modes"):
+    with pytest.raises(ConfigError, match="modes"):
         _corrupt(_textures(1, 32, 32, 1), modes=[])
 
 

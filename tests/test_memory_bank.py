@@ -131,13 +131,13 @@ def test_save_and_load_bank_round_trip(tmp_path) -> None:
 
 
 def test_load_bank_errors_name_the_file(tmp_path) -> None:
-    with pytest.raises(ReconadError, match="memory_bank.npy: memory bank missing"):
+    with pytest.raises(ReconadError, match=r"memory_bank\.npy: memory bank missing"):
         load_bank(tmp_path / "memory_bank.npy")
     flat = tmp_path / "flat.npy"
     np.save(flat, np.zeros(5, np.float32))
-    with pytest.raises(ReconadError, match="flat.npy: expected a float"):
+    with pytest.raises(ReconadError, match=r"flat\.npy: expected a float"):
         load_bank(flat)
     junk = tmp_path / "junk.npy"
     junk.write_bytes(b"not numpy")
-    with pytest.raises(ReconadError, match="junk.npy: not a memory bank"):
+    with pytest.raises(ReconadError, match=r"junk\.npy: not a memory bank"):
         load_bank(junk)

@@ -78,12 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(args: argparse.Namespace, variant: str | None = None):
+def load(args: argparse.Namespace, variant: str | None = None, uses_tensorflow: bool = False):
+    """Validated params; stages that run TensorFlow also get its seeds fixed."""
     from reconad.config import load_params
     from reconad.runtime import seed_everything
 
     params = load_params(args.params, variant=variant)
-    seed_everything(params.seed)
+    if uses_tensorflow:
+        seed_everything(params.seed)
     return params
 
 
@@ -91,7 +93,7 @@ def run_fetch(args: argparse.Namespace) -> None:
     from reconad import paths
     from reconad.data.fetch import fetch_dataset
 
-    fetch_dataset(load(args), paths.RAW_DIR)
+    fetch_dataset(load(args), paths.RAW_DIR, downloads_dir=paths.DOWNLOADS_DIR)
 
 
 def run_prepare(args: argparse.Namespace) -> None:
@@ -104,20 +106,20 @@ def run_prepare(args: argparse.Namespace) -> None:
 def run_train(args: argparse.Namespace) -> None:
     from reconad.train import train
 
-    result = train(load(args, args.variant), args.variant, args.category)
+    result = train(load(args, args.variant, uses_tensorflow=True), args.variant, args.category)
     log.info("trained %s/%s: %d epochs -> %s", args.variant, args.category, result.epochs_run, result.model_dir)
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
     from reconad.calibrate import calibrate_model
 
-    calibrate_model(load(args, args.variant), args.variant, args.category)
+    calibrate_model(load(args, args.variant, uses_tensorflow=True), args.variant, args.category)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
     from reconad.evaluate import evaluate
 
-    summary = evaluate(load(args, args.variant), args.variant, args.category)
+    summary = evaluate(load(args, args.variant, uses_tensorflow=True), args.variant, args.category)
     primary = summary[summary["primary"]]
     log.info(
         "%s/%s: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f",

@@ -122,8 +122,8 @@ class SdcAeConfig(Section):
 
 class AescConfig(Section):
     skips: bool = True
-    width: Annotated[float, Field(gt=0.0, le=4.0)] = 0.25
-    filters: list[Positive] = Field(default_factory=lambda: [32, 64, 128, 256, 512, 512])
+    width: Annotated[float, Field(gt=0.0, le=4.0)] = 0.5
+    filters: list[Positive] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
     kernel_size: Positive = 5
     dropout: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
         default_factory=lambda: [0.0, 0.0, 0.1, 0.2, 0.3, 0.4]
@@ -165,11 +165,13 @@ class ElasticConfig(Section):
     patches_max: Positive = 4
     size_min: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
     size_max: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
-    modes: list[Literal["elastic", "zeros", "swap"]] = Field(default_factory=lambda: ["elastic"])
+    modes: list[Literal["elastic", "zeros", "swap"]] = Field(
+        default_factory=lambda: ["elastic"], min_length=1
+    )
     sigma: PositiveFloat = 4.0
-    alpha: PositiveFloat = 20.0
-    mask_sigma: PositiveFloat = 3.0
-    mask_alpha: PositiveFloat = 6.0
+    alpha: PositiveFloat = 50.0
+    mask_sigma: PositiveFloat = 4.0
+    mask_alpha: PositiveFloat = 50.0
     brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
 
     @model_validator(mode="after")

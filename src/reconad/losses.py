@@ -21,9 +21,6 @@ OBJECTIVES = ("restore", "contrast")
 EPSILON = 1e-6
 """Floor of every L1 denominator: an empty mask makes its term 0, not NaN."""
 
-NORM_EPSILON = 1e-12
-"""Added under the square root of every L2 norm: ``||0||_2`` then has gradient 0, not NaN."""
-
 
 def restore_loss(
     x: tf.Tensor, mask: tf.Tensor, x_hat: tf.Tensor, y_pred: tf.Tensor, lam: float
@@ -109,7 +106,13 @@ def _normalised_norm(weight: tf.Tensor, error: tf.Tensor) -> tf.Tensor:
     """``||weight * error||_2 / ||weight||_1`` per image, ``(B,)``; weight is non-negative."""
     squares = tf.reduce_sum(tf.square(weight * error), axis=[1, 2, 3])
     mass = tf.reduce_sum(weight, axis=[1, 2, 3])
-    return tf.sqrt(squares + NORM_EPSILON) / tf.maximum(mass, EPSILON)
+    return _safe_sqrt(squares) / tf.maximum(mass, EPSILON)
+
+
+def _safe_sqrt(squares: tf.Tensor) -> tf.Tensor:
+    """``sqrt`` whose value and gradient at 0 are 0 (plain ``sqrt`` gives a NaN gradient)."""
+    positive = squares > 0.0
+    return tf.where(positive, tf.sqrt(tf.where(positive, squares, 1.0)), 0.0)
 
 
 def _check_lambda(lam: float) -> None:

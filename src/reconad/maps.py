@@ -65,7 +65,7 @@ def image_score(maps: np.ndarray, how: str = "max", q: float = 0.01) -> np.ndarr
     maps = _check_maps(maps)
     if how not in IMAGE_SCORES:
         raise ValueError(f"Expected how in {IMAGE_SCORES}, Received: how={how!r}")
-    flat = maps.reshape(len(maps), -1)
+    flat = maps.reshape(maps.shape[0], maps.shape[1] * maps.shape[2])
     if how == "max":
         return flat.max(axis=1).astype(np.float32)
     if not 0.0 < q <= 1.0:

@@ -144,16 +144,27 @@ def nearest_distances(
 def _nearest_squared(
     queries: tf.Tensor, bank: tf.Tensor, centre: tf.Tensor, chunk_size: tf.Tensor
 ) -> tf.Tensor:
-    """Running minimum over bank chunks of ||q - b||^2 for one chunk of queries."""
+    """min_b ||q - b||^2 for one chunk of queries, as a running minimum over bank chunks.
+
+    ||q||^2 is the same for every b, so it is added after the minimum; the loop keeps only
+    min_b (||b||^2 - 2 q.b). One iteration at a time (``parallel_iterations=1``): otherwise
+    TensorFlow overlaps iterations and the memory grows with the number of bank chunks.
+    """
     shifted = queries - centre
-    query_norms = tf.reduce_sum(tf.square(shifted), axis=1, keepdims=True)
-    best = tf.fill(tf.shape(shifted)[:1], tf.constant(np.inf, tf.float32))
-    for start in tf.range(0, tf.shape(bank)[0], chunk_size):
+    scaled = -2.0 * shifted
+    total = tf.shape(bank)[0]
+
+    def step(start: tf.Tensor, best: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         block = bank[start : start + chunk_size] - centre
         block_norms = tf.reduce_sum(tf.square(block), axis=1)
-        squared = query_norms - 2.0 * tf.matmul(shifted, block, transpose_b=True) + block_norms
-        best = tf.minimum(best, tf.reduce_min(squared, axis=1))
-    return best
+        partial = tf.matmul(scaled, block, transpose_b=True) + block_norms
+        return start + chunk_size, tf.minimum(best, tf.reduce_min(partial, axis=1))
+
+    initial = tf.fill(tf.shape(shifted)[:1], tf.constant(np.inf, tf.float32))
+    _, best = tf.while_loop(
+        lambda start, _: start < total, step, (tf.constant(0), initial), parallel_iterations=1
+    )
+    return best + tf.reduce_sum(tf.square(shifted), axis=1)
 
 
 def save_bank(path: Path, bank: np.ndarray) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 RAW_DIR = Path("data/raw")
+# Outside DVC's outputs: DVC empties ``data/raw`` before re-running fetch, and a
+# multi-gigabyte archive must not be downloaded again for a category change.
+DOWNLOADS_DIR = Path("data/downloads")
 PREPARED_DIR = Path("data/prepared")
 MODELS_DIR = Path("models")
 REPORTS_DIR = Path("reports")

@@ -32,10 +32,31 @@ def training_run(params: Params, run_name: str, tags: Mapping[str, str]) -> Iter
     """Open a new MLflow run; yields its id."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(params))
-    mlflow.set_experiment(params.tracking.experiment)
-    with mlflow.start_run(run_name=run_name, tags=dict(tags)) as run:
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
+    if experiment is None:
+        experiment_id = mlflow.create_experiment(
+            params.tracking.experiment, artifact_location=artifact_location(uri)
+        )
+    else:
+        experiment_id = experiment.experiment_id
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name, tags=dict(tags)
+    ) as run:
         yield run.info.run_id
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts beside a local SQLite store (``<db dir>/mlartifacts``), not in the cwd.
+
+    Other stores (a tracking server) choose their own artifact location.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    database = Path(uri.removeprefix(prefix)).resolve()
+    return (database.parent / "mlartifacts").as_uri()
 
 
 @contextmanager

@@ -167,5 +167,5 @@ def _colour_jitter(
     return tf.clip_by_value(out, 0.0, 1.0)
 
 
-def _lerp(low, high, u: tf.Tensor) -> tf.Tensor:
+def _lerp(low: float | tf.Tensor, high: float | tf.Tensor, u: tf.Tensor) -> tf.Tensor:
     return low + (high - low) * u

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from reconad.config import ElasticConfig
 from reconad.corrupt.fields import bilinear_warp, smooth_random_field
+from reconad.errors import ConfigError
 
 DISK_FADE = 0.5
 """Fraction of the disk radius over which a mask fades from 1 (core) to 0 (rim)."""
@@ -70,10 +71,10 @@ def elastic_patch_corruption(
         mask ``(B, H, W, C)`` in [0, 1], zero outside the patches.
 
     Raises:
-        ValueError: ``cfg.modes`` is empty.
+        ConfigError: ``cfg.modes`` is empty.
     """
     if not cfg.modes:
-        raise ValueError("corruption.elastic.modes: needs at least one of elastic, zeros, swap")
+        raise ConfigError("corruption.elastic.modes: needs at least one of elastic, zeros, swap")
     x = tf.convert_to_tensor(images, tf.float32)
     shape = tf.shape(x)
     batch, height, width = shape[0], shape[1], shape[2]
@@ -81,9 +82,7 @@ def elastic_patch_corruption(
         tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
     )
     patches = _draw_patches(patch_seed, batch, height, width, cfg)
-    mask_flow = smooth_random_field(
-        mask_seed, batch, height, width, cfg.mask_sigma, cfg.mask_alpha
-    )
+    mask_flow = smooth_random_field(mask_seed, batch, height, width, cfg.mask_sigma, cfg.mask_alpha)
     elastic = None
     if "elastic" in cfg.modes:
         flow = smooth_random_field(elastic_seed, batch, height, width, cfg.sigma, cfg.alpha)
@@ -122,9 +121,7 @@ def _draw_patches(
         source_top=_position(seeds[4], shape, height_f - side),
         source_left=_position(seeds[5], shape, width_f - side),
         mode=tf.random.stateless_uniform(shape, seeds[6], 0, len(cfg.modes), tf.int32),
-        brightness=tf.random.stateless_uniform(
-            shape, seeds[7], -cfg.brightness, cfg.brightness
-        ),
+        brightness=tf.random.stateless_uniform(shape, seeds[7], -cfg.brightness, cfg.brightness),
     )
 
 
@@ -156,14 +153,17 @@ def _patch_mask(
     sample_rows = rows if flow is None else rows + flow[..., 0]
     sample_cols = cols if flow is None else cols + flow[..., 1]
     distance = tf.sqrt(
-        tf.square(sample_rows - (top + radius - 0.5)) + tf.square(sample_cols - (left + radius - 0.5))
+        tf.square(sample_rows - (top + radius - 0.5))
+        + tf.square(sample_cols - (left + radius - 0.5))
     )
     disk = _smoothstep((radius - distance) / (DISK_FADE * radius))
-    inside = (
-        tf.cast((rows >= top) & (rows < top + side), tf.float32)
-        * tf.cast((cols >= left) & (cols < left + side), tf.float32)
-    )
+    inside = _within(rows, top, side) * _within(cols, left, side)
     return (disk * inside * patches.active[:, slot, None, None])[..., None]
+
+
+def _within(coords: tf.Tensor, start: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """1.0 where ``start <= coords < start + length``, else 0.0."""
+    return tf.cast((coords >= start) & (coords < start + length), tf.float32)
 
 
 def _smoothstep(t: tf.Tensor) -> tf.Tensor:

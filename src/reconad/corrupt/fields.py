@@ -53,7 +53,12 @@ def gaussian_blur(images: tf.Tensor, sigma: float) -> tf.Tensor:
 
 
 def smooth_random_field(
-    seed: tf.Tensor, batch: tf.Tensor, height: tf.Tensor, width: tf.Tensor, sigma: float, alpha: float
+    seed: tf.Tensor,
+    batch: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    sigma: float,
+    alpha: float,
 ) -> tf.Tensor:
     """A random displacement field ``alpha * G_sigma * U(-1, 1)`` (Simard et al., 2003).
 

@@ -140,7 +140,7 @@ def read_split(category_dir: Path) -> dict:
     try:
         split = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise DataError(f"{path}: missing; run the prepare stage first") from exc
+        raise DataError(f"{path}: missing; re-run the fetch and prepare stages") from exc
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable split file ({exc}); re-run prepare") from exc
     if not isinstance(split, dict) or any(

@@ -369,14 +369,22 @@ class AescDetector:
         return tf.reduce_mean(tf.abs(images - self.network.run_model(images)), axis=-1)
 
     def _uncertainty(self, images: np.ndarray) -> np.ndarray:
-        """Batches of ``batch_size`` images, each batch with its own seed ``(seed, index)``."""
+        """MC-dropout variance, image batch ``index`` seeded with ``(seed, index)``.
+
+        ``batch_size`` bounds the samples of one head call (images x passes), as it
+        bounds the images of one deterministic call, so memory matches the residual's.
+        """
+        passes = self.config.mc_passes
+        images_per_call = max(1, self.batch_size // passes)
+        passes_per_call = min(passes, self.batch_size)
         outputs = []
-        for index, start in enumerate(range(0, len(images), self.batch_size)):
+        for index, start in enumerate(range(0, len(images), images_per_call)):
             _, variance = mc_predict(
                 self.network,
-                images[start : start + self.batch_size],
-                self.config.mc_passes,
+                images[start : start + images_per_call],
+                passes,
                 (self.seed, index),
+                passes_per_call,
             )
             outputs.append(tf.reduce_mean(variance, axis=-1).numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)

@@ -1,4 +1,4 @@
-"""Keras layers of SDC-AE: the stacked dilated convolution block and the Convex Combination Module."""
+"""Keras layers of SDC-AE: stacked dilated convolutions and the Convex Combination Module."""
 
 from __future__ import annotations
 
@@ -56,8 +56,12 @@ class SdcBlock(keras.layers.Layer):
             dtype=self.dtype_policy, name="branch_norm"
         )
         self.fuse = keras.layers.Conv2D(
-            self.stacked_channels, 3, padding="same", use_bias=False,
-            dtype=self.dtype_policy, name="fuse",
+            self.stacked_channels,
+            3,
+            padding="same",
+            use_bias=False,
+            dtype=self.dtype_policy,
+            name="fuse",
         )
         self.fuse_norm = keras.layers.BatchNormalization(dtype=self.dtype_policy, name="fuse_norm")
 

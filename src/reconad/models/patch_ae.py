@@ -20,11 +20,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
-from scipy import ndimage
 
 from reconad.config import PatchAeConfig
 from reconad.corrupt.cutpaste import cutpaste
 from reconad.errors import ConfigError
+from reconad.maps import gaussian_smooth, image_score
 from reconad.memory_bank import (
     MEMORY_BANK_FILE,
     build_bank,
@@ -108,8 +108,8 @@ def build_patch_ae(config: PatchAeConfig, channels: int) -> keras.Model:
     ``(B, H/8, W/8, compressed_channels)``; the sub-model named ``decoder`` maps R back.
     """
     backbone = build_backbone(config.backbone, config.weights, channels)
+    backbone.trainable = not config.freeze_backbone  # recursive: must come before the next line
     freeze_batch_norm(backbone)
-    backbone.trainable = not config.freeze_backbone
     inputs = keras.Input((None, None, channels), name="image")
     fine, coarse = backbone(inputs)
     upsampled = keras.layers.UpSampling2D(
@@ -260,7 +260,7 @@ class PatchAeDetector:
 
     def image_scores(self, maps: np.ndarray) -> np.ndarray:
         """Maximum of each map: ``(N, H, W)`` to ``(N,)``."""
-        return maps.reshape(len(maps), -1).max(axis=1)
+        return image_score(maps, "max")
 
     def _batch_maps(self, images: np.ndarray) -> np.ndarray:
         features = np.asarray(self.encoder(tf.convert_to_tensor(images, tf.float32)))
@@ -268,9 +268,4 @@ class PatchAeDetector:
         distances = nearest_distances(features.reshape(-1, depth), self.bank, self.chunk_size)
         grid = distances.reshape(count, rows, cols, 1)
         upsampled = tf.image.resize(grid, images.shape[1:3], method="bilinear")
-        return smooth_maps(upsampled.numpy()[..., 0], self.sigma)
-
-
-def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing of each map ``(N, H, W)`` in its own plane (sigma in pixels)."""
-    return ndimage.gaussian_filter(maps, sigma=(0.0, sigma, sigma)).astype(np.float32)
+        return gaussian_smooth(upsampled.numpy()[..., 0], self.sigma)

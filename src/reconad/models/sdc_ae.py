@@ -70,7 +70,9 @@ def build_sdc_ae(cfg: SdcAeConfig, channels: int) -> keras.Model:
         features = keras.layers.MaxPooling2D(2, name=f"encoder{stage}_pool")(features)
     for block in range(1, cfg.sdc_blocks + 1):
         features = SdcBlock(
-            scaled_width(cfg.sdc_filters, cfg.width), cfg.dilations, cfg.sdc_kernel,
+            scaled_width(cfg.sdc_filters, cfg.width),
+            cfg.dilations,
+            cfg.sdc_kernel,
             name=f"sdc{block}",
         )(features)
     for stage, (filters, skip) in enumerate(
@@ -111,7 +113,8 @@ class SdcDetector:
         self._model = model
         self._score = score
         self._batch_size = batch_size
-        self._residual = tf.function(self._residual_map, reduce_retracing=True)
+        spec = tf.TensorSpec([None, None, None, model.input_shape[-1]], tf.float32)
+        self._residual = tf.function(self._residual_map, input_signature=[spec])
 
     def _residual_map(self, images: tf.Tensor) -> tf.Tensor:
         reconstruction = tf.cast(self._model(images, training=False), tf.float32)

@@ -1,0 +1,113 @@
+"""Cost of MC-dropout scoring: T batched passes against one deterministic pass.
+
+Builds the AESc network of ``params.yaml`` (its active profile) with random weights and
+times, once each after a warm-up call that traces the graphs:
+
+- one deterministic forward pass;
+- T MC-dropout passes as ``mc_predict`` runs them (stem once, head once on T x B);
+- T naive full forward passes (stem and head every time).
+
+It also prints the bound set by arithmetic alone: convolution multiply-adds of the stem
+once plus the head T times, over those of one pass. Usage::
+
+    python benchmarks/mc_dropout.py --size 128 --channels 1 --batch 8 --passes 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from reconad.runtime import configure_environment, seed_everything
+
+configure_environment()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from reconad.config import load_params  # noqa: E402
+from reconad.models.aesc import Aesc, AescNetwork, mc_predict  # noqa: E402
+
+
+def main() -> None:
+    args = _arguments()
+    seed_everything(args.seed)
+    params = load_params(args.params)
+    network = AescNetwork(Aesc(params, args.channels).build())
+    rng = np.random.default_rng(args.seed)
+    images = tf.constant(rng.random((args.batch, args.size, args.size, args.channels), np.float32))
+    seed = tf.constant([args.seed, 0], tf.int64)
+    pass_seeds = tf.random.experimental.stateless_split(seed, args.passes)
+    full_pass = tf.function(network.forward, reduce_retracing=True)
+
+    def naive() -> None:
+        for t in range(args.passes):
+            full_pass(images, pass_seeds[t : t + 1]).numpy()
+
+    timings = {
+        "deterministic pass": _time(lambda: network.run_model(images).numpy()),
+        f"{args.passes} batched MC passes": _time(
+            lambda: mc_predict(network, images, args.passes, seed)[1].numpy()
+        ),
+        f"{args.passes} naive full passes": _time(naive),
+    }
+    stem, head = _stem_and_head_macs(network, args.size)
+    widths = [network.model.get_layer(f"enc{d}_conv").filters for d in range(network.depth)]
+    print(
+        f"AESc widths {widths}, dropout from depth {network.split}, "
+        f"input {args.batch} x {args.size}^2 x {args.channels}"
+    )
+    for name, seconds in timings.items():
+        print(f"{name:>24}: {seconds * 1000:9.1f} ms")
+    deterministic, batched, unbatched = timings.values()
+    print(f"batched / deterministic: {batched / deterministic:6.1f}x  (goal <= 8x)")
+    print(f"naive / batched:         {unbatched / batched:6.1f}x")
+    print(
+        f"arithmetic bound (stem + T * head) / (stem + head): "
+        f"{(stem + args.passes * head) / (stem + head):6.1f}x "
+        f"(stem {100 * stem / (stem + head):.1f}% of the multiply-adds)"
+    )
+
+
+def _time(fn: Callable[[], object]) -> float:
+    """Seconds of one call of ``fn``, after one warm-up call."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _stem_and_head_macs(network: AescNetwork, size: int) -> tuple[int, int]:
+    """Convolution multiply-adds per image of the stem and of the head."""
+    stem_layers = {f"enc{d}_conv" for d in range(min(network.split + 1, network.depth))}
+    stem = head = 0
+    for layer in network.model.layers:
+        if not isinstance(layer, keras.layers.Conv2D):
+            continue
+        side = (
+            size if layer.name == "output" else size // 2 ** (int(layer.name[3:].split("_")[0]) + 1)
+        )
+        macs = int(np.prod(layer.kernel.shape)) * side * side
+        if layer.name in stem_layers:
+            stem += macs
+        else:
+            head += macs
+    return stem, head
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--channels", type=int, default=1, choices=(1, 3))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--passes", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()
