@@ -8,12 +8,18 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconad.runtime import configure_environment
+
+if TYPE_CHECKING:
+    from reconad.config import Params
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -25,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_environment()
     try:
-        args.handler(args)
+        with terminate_as_interrupt():
+            args.handler(args)
     except KeyboardInterrupt:
         print("reconad: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -35,6 +42,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reconad: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Unwind on SIGTERM (``kill``, a scheduler, a stopped job) as on Ctrl-C.
+
+    Temporary outputs are then removed and the MLflow run is closed instead of the process
+    vanishing mid-write; the epoch checkpoints survive either way.
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def one_line(exc: BaseException) -> str:
@@ -93,14 +118,38 @@ def run_fetch(args: argparse.Namespace) -> None:
     from reconad import paths
     from reconad.data.fetch import fetch_dataset
 
-    fetch_dataset(load(args), paths.RAW_DIR, downloads_dir=paths.DOWNLOADS_DIR)
+    params = load(args)
+    check_run_variants(args.params, params)
+    fetch_dataset(params, paths.RAW_DIR, downloads_dir=paths.DOWNLOADS_DIR)
 
 
 def run_prepare(args: argparse.Namespace) -> None:
     from reconad import paths
     from reconad.data.prepare import prepare_dataset
 
-    prepare_dataset(load(args), paths.RAW_DIR, paths.PREPARED_DIR)
+    params = load(args)
+    check_run_variants(args.params, params)
+    prepare_dataset(params, paths.RAW_DIR, paths.PREPARED_DIR)
+
+
+def check_run_variants(params_file: Path, params: Params) -> None:
+    """Refuse, before any data is fetched or written, an image size that a variant of
+    ``run`` cannot take: its train stage would otherwise fail only after fetch and prepare."""
+    from reconad.config import load_params
+    from reconad.errors import ConfigError
+    from reconad.models import method_class
+
+    for family, names in params.run.items():
+        for name in names:
+            variant = load_params(params_file, variant=name)
+            definition = variant.variant(name)
+            if definition.members:
+                continue
+            method = method_class(definition.method)(variant, 1)
+            try:
+                method.check_image_size(variant.dataset.image_size)
+            except ConfigError as exc:
+                raise ConfigError(f"{params_file}: run.{family}: {name}: {exc}") from exc
 
 
 def run_train(args: argparse.Namespace) -> None:

@@ -52,6 +52,20 @@ def reporting_os_errors(path: Path) -> Iterator[None]:
         raise ReconadError(message) from exc
 
 
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` and a file in it, so a stage fails before hours of work, not after.
+
+    Raises:
+        ReconadError: the folder is read-only, protected, or on a full disk.
+    """
+    directory = Path(directory)
+    with reporting_os_errors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, creating missing parent folders.
 
@@ -103,7 +117,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     An existing ``final`` is replaced only after the new folder is complete: it is first
     renamed aside, the new folder renamed in, then the old one deleted (and restored if the
     second rename fails). If the block raises, the temporary folder is removed and ``final``
-    is left untouched.
+    is left untouched; a full disk or refused write inside the block names ``final``.
 
     Yields:
         The temporary folder to fill.
@@ -116,8 +130,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
-        yield tmp
         with reporting_os_errors(final):
+            yield tmp
             _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,10 +17,10 @@ import numpy as np
 
 from reconad import visualize
 from reconad.calibrate import decide
-from reconad.data.images import IMAGE_SUFFIXES, read_image, resize_image
+from reconad.data.images import IMAGE_SUFFIXES, decode_image, read_image, resize_image
 from reconad.errors import DataError
 from reconad.evaluate import decision_threshold
-from reconad.io import atomic_write_bytes, atomic_write_text
+from reconad.io import atomic_write_bytes, atomic_write_text, check_writable
 from reconad.score import TrainedModel, load_trained, score_images
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -33,7 +33,9 @@ def predict(model_dir: Path, source: Path, out_dir: Path) -> Iterator[str]:
     calibration = trained.threshold()
     threshold, min_area = decision_threshold(calibration, trained.primary_map)
     files = list_images(source)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        decode_image(path)  # a corrupt file fails here, before any output is written
+    check_writable(out_dir)
     lines: list[str] = []
     batch = trained.params.score.batch_size
     for start in range(0, len(files), batch):

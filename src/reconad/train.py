@@ -28,10 +28,11 @@ from reconad.config import Params, Phase
 from reconad.data.layout import CategoryData, load_split
 from reconad.data.pipeline import training_dataset, validation_dataset
 from reconad.errors import ConfigError, TrainingError
-from reconad.io import atomic_dir, atomic_write_json
+from reconad.io import atomic_dir, atomic_write_json, check_writable
 from reconad.models import Method, method_class
 
 CHECKPOINT_ROOT = Path(".reconad/checkpoints")
+BACKUP_METADATA = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
 log = logging.getLogger("reconad")
 
 
@@ -61,6 +62,7 @@ def train(
     data = load_split(paths.prepared_category(category, prepared_dir))
     method = make_method(params, variant, data.train.shape[-1])
     phases = checked_schedule(method, params)
+    check_writable(out_dir)
     key = run_key(params, variant, category, data)
     checkpoints = checkpoint_root / variant / category / key
     strategy = distribution_strategy(params.train.distribute)
@@ -127,6 +129,9 @@ def fit_phases(
             epochs_done += phase.epochs
             continue
         log.info("phase %d: crop %d, %d epochs", index, phase.crop, phase.epochs)
+        backup_dir = checkpoints / f"phase{index}"
+        log_resume_point(backup_dir, index)
+        forget_restored_epoch(model)
         stream = training_dataset(
             data.train,
             phase.crop,
@@ -140,21 +145,52 @@ def fit_phases(
             validation_data=val,
             epochs=phase.epochs,
             steps_per_epoch=cfg.steps_per_epoch,
-            callbacks=phase_callbacks(checkpoints / f"phase{index}", cfg.patience, index, epochs_done),
+            callbacks=phase_callbacks(backup_dir, cfg.patience, index, epochs_done),
             verbose=2,
         )
-        epochs_done += len(history.epoch)
+        epochs_done += history.epoch[-1] + 1 if history.epoch else phase.epochs
         losses = {name: float(values[-1]) for name, values in history.history.items()}
         checkpoints.mkdir(parents=True, exist_ok=True)
-        model.save_weights(finished)
+        save_weights_atomically(model, finished)
     return epochs_done, losses
+
+
+def log_resume_point(backup_dir: Path, phase: int) -> None:
+    """Say when a phase restarts from the epoch checkpoint an interrupted run left."""
+    metadata = backup_dir / BACKUP_METADATA
+    if not metadata.exists():
+        return
+    try:
+        epoch = int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        log.info("phase %d: resuming from the checkpoint in %s", phase, backup_dir)
+        return
+    log.info("phase %d: resumed after epoch %d from the checkpoint in %s", phase, epoch, backup_dir)
+
+
+def forget_restored_epoch(model: keras.Model) -> None:
+    """Let the next ``fit`` start at its own first epoch.
+
+    ``BackupAndRestore`` stores the restored epoch on the model (``_initial_epoch``) and
+    Keras starts every later ``fit`` of that model there, so without this a phase that
+    follows a resumed phase would skip as many epochs as the resumed one had done.
+    """
+    model._initial_epoch = None
+
+
+def save_weights_atomically(model: keras.Model, path: Path) -> None:
+    """Save next to ``path`` and rename: a kill mid-save must not leave a truncated
+    file that the next run would load as a finished phase."""
+    partial = path.with_name(f".partial.{path.name}")
+    model.save_weights(partial)
+    partial.replace(path)
 
 
 def phase_callbacks(
     backup_dir: Path, patience: int, phase: int, first_epoch: int
 ) -> list[keras.callbacks.Callback]:
     return [
-        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True),
         NonFiniteLossGuard(phase),
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=patience, restore_best_weights=True

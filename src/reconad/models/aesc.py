@@ -41,6 +41,7 @@ from reconad.config import AescConfig, AescScoreConfig
 from reconad.corrupt.stain import corrupt
 from reconad.errors import ConfigError
 from reconad.models.base import Detector, LossFn, Method, batched_predict
+from reconad.models.layers import BN_MOMENTUM
 
 MAP_NAMES = ("residual", "uncertainty")
 SEED_RANGE = 2**31
@@ -171,7 +172,7 @@ def _conv_block(x: Any, filters: int, kernel_size: int, strides: int, prefix: st
         use_bias=False,
         name=f"{prefix}_conv",
     )(x)
-    x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn")(x)
     return keras.layers.LeakyReLU(name=f"{prefix}_act")(x)
 
 

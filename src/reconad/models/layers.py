@@ -7,6 +7,13 @@ from typing import Any
 
 import keras
 
+# Keras' default BatchNorm momentum (0.99) needs thousands of steps to forget the
+# initial moving variance of 1; quick CPU runs train for a few hundred, and
+# low-contrast textures give first-layer activations with variance ~1e-3, so with 0.99
+# the inference-mode output collapses to a constant. 0.9 tracks the statistics within
+# a few dozen steps.
+BN_MOMENTUM = 0.9
+
 
 @keras.saving.register_keras_serializable(package="reconad")
 class SdcBlock(keras.layers.Layer):
@@ -53,7 +60,7 @@ class SdcBlock(keras.layers.Layer):
             for index, rate in enumerate(self.dilations)
         ]
         self.branch_norm = keras.layers.BatchNormalization(
-            dtype=self.dtype_policy, name="branch_norm"
+            momentum=BN_MOMENTUM, dtype=self.dtype_policy, name="branch_norm"
         )
         self.fuse = keras.layers.Conv2D(
             self.stacked_channels,
@@ -63,7 +70,9 @@ class SdcBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="fuse",
         )
-        self.fuse_norm = keras.layers.BatchNormalization(dtype=self.dtype_policy, name="fuse_norm")
+        self.fuse_norm = keras.layers.BatchNormalization(
+            momentum=BN_MOMENTUM, dtype=self.dtype_policy, name="fuse_norm"
+        )
 
     @property
     def stacked_channels(self) -> int:

@@ -1,0 +1,85 @@
+"""Helpers for tests that drive the pipeline as a user does: params files, the CLI, the venv.
+
+Not a test module: ``test_pipeline.py`` and ``test_dvc_dag.py`` import it (pytest puts the
+tests folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_PARAMS = REPO_ROOT / "params.yaml"
+REPO_DVC_YAML = REPO_ROOT / "dvc.yaml"
+TINY_CATEGORY = "gravel"
+TINY_VARIANT = "sdc_restore"
+TINY_EPOCHS = 2
+
+
+def repo_params() -> dict[str, Any]:
+    """The repository's ``params.yaml`` as a plain mapping."""
+    return yaml.safe_load(REPO_PARAMS.read_text(encoding="utf-8"))
+
+
+def tiny_params() -> dict[str, Any]:
+    """The repository's params shrunk to a run of a few seconds on one CPU core.
+
+    One textures category at 32 px (12 train / 6 val / 16 test images), a 1/8-width
+    SDC-AE with one dilated block trained for two epochs of three steps, one variant.
+    """
+    params = repo_params()
+    params["dataset"].update(
+        name="textures",
+        categories=[TINY_CATEGORY],
+        image_size=32,
+        textures={"train": 12, "val": 6, "test_good": 6, "test_defect": 10},
+    )
+    params["run"] = {"sdc_ae": [TINY_VARIANT], "aesc": [], "patch_ae": []}
+    params["sdc_ae"].update(
+        width=0.125,
+        dilations=[1, 2],
+        sdc_blocks=1,
+        schedule=[{"crop": 32, "epochs": TINY_EPOCHS}],
+    )
+    params["train"].update(steps_per_epoch=3, batch_size=4)
+    params["evaluate"]["examples"] = 1
+    return params
+
+
+def write_yaml(path: Path, content: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def venv_executable(name: str) -> Path:
+    """A console script of the interpreter running the tests (``.venv/bin/<name>``)."""
+    return Path(sys.executable).parent / name
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(argv: Sequence[str]) -> CliResult:
+    """``reconad <argv>`` in this process, with what it printed.
+
+    In-process so that TensorFlow is imported once for the whole pipeline; the exit code
+    is what the ``reconad`` console script would exit with.
+    """
+    from reconad.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return CliResult(code, out.getvalue(), err.getvalue())

@@ -1,0 +1,353 @@
+"""The DVC pipeline of ``dvc.yaml`` + ``params.yaml``, as DVC itself resolves and runs it.
+
+Structure: the repository's two files are copied into a scratch git + DVC project with
+every method family switched on (``run.aesc: [aesc_stain]``, ``run.patch_ae: [patch_ae]``)
+and inspected through ``dvc stage list``, ``dvc dag --dot`` and DVC's Python API.
+
+Behaviour: in a second scratch project every ``cmd`` is replaced by a stub that writes
+fresh content into the stage's outputs (as a real training writes new weights), keeping
+deps, params and outs. ``dvc repro`` then shows which stages a params change re-runs,
+in seconds and without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline_fixtures import REPO_DVC_YAML, repo_params, venv_executable, write_yaml
+from reconad.cli import build_parser
+
+FAMILY_VARIANTS = {"sdc_ae": "sdc_restore", "aesc": "aesc_stain", "patch_ae": "patch_ae"}
+CATEGORIES: tuple[str, ...] = tuple(repo_params()["dataset"]["categories"])
+MATRIX_KINDS = ("train", "calibrate", "evaluate")
+UP_TO_DATE = "Data and pipelines are up to date."
+STUB_STAGE = '''"""Stand-in for a reconad stage: fresh content in every output it is given."""
+import json
+import sys
+import uuid
+from pathlib import Path
+
+for name in sys.argv[1:]:
+    path = Path(name)
+    target = path if path.suffix else path / "stub.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"token": uuid.uuid4().hex}))
+'''
+
+
+def matrix_stages(kind: str, family: str, categories: tuple[str, ...] = CATEGORIES) -> set[str]:
+    """``<kind>_<family>@<variant>-<category>`` for every category, as DVC names them."""
+    return {f"{kind}_{family}@{FAMILY_VARIANTS[family]}-{c}" for c in categories}
+
+
+def family_stages(family: str, categories: tuple[str, ...] = CATEGORIES) -> set[str]:
+    return set().union(*(matrix_stages(kind, family, categories) for kind in MATRIX_KINDS))
+
+
+def pipeline_stages(categories: tuple[str, ...] = CATEGORIES) -> set[str]:
+    families = (family_stages(family, categories) for family in FAMILY_VARIANTS)
+    return {"fetch", "prepare", "report"}.union(*families)
+
+
+def all_families_params(categories: tuple[str, ...] = CATEGORIES) -> dict[str, Any]:
+    """The repository's params with one variant of every method family selected."""
+    params = repo_params()
+    params["run"] = {family: [variant] for family, variant in FAMILY_VARIANTS.items()}
+    params["dataset"]["categories"] = list(categories)
+    return params
+
+
+def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """``dvc <args>`` in ``project`` with the DVC of this interpreter's environment."""
+    completed = subprocess.run(
+        [str(venv_executable("dvc")), *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
+    command = " ".join(args)
+    assert completed.returncode == 0, f"dvc {command}:\n{completed.stdout}\n{completed.stderr}"
+    return completed
+
+
+def new_project(root: Path, params: dict[str, Any]) -> Path:
+    """A git + DVC project holding the repository's dvc.yaml and ``params``."""
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True, timeout=60)
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.analytics", "false")
+    shutil.copy(REPO_DVC_YAML, root / "dvc.yaml")
+    write_yaml(root / "params.yaml", params)
+    return root
+
+
+@dataclass(frozen=True)
+class Output:
+    cache: bool
+    metric: bool
+    plot: bool
+
+
+@dataclass(frozen=True)
+class StageView:
+    """A resolved stage (matrix expanded, ``${...}`` substituted) as plain data."""
+
+    cmd: str
+    deps: frozenset[str]
+    params: frozenset[str]
+    outs: dict[str, Output]
+
+
+def resolved_stages(project: Path) -> dict[str, StageView]:
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return {
+            stage.name: StageView(
+                cmd=stage.cmd,
+                deps=frozenset(
+                    d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)
+                ),
+                params=frozenset(
+                    key for d in stage.deps if isinstance(d, ParamsDependency) for key in d.params
+                ),
+                outs={
+                    o.def_path: Output(bool(o.use_cache), bool(o.metric), bool(o.plot))
+                    for o in stage.outs
+                },
+            )
+            for stage in repo.index.stages
+        }
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return new_project(tmp_path_factory.mktemp("dag") / "project", all_families_params())
+
+
+@pytest.fixture(scope="module")
+def stages(project: Path) -> dict[str, StageView]:
+    return resolved_stages(project)
+
+
+def test_stage_list_names_every_stage(project: Path) -> None:
+    listed = dvc(project, "stage", "list", "--name-only").stdout.split()
+    assert set(listed) == pipeline_stages()
+    assert len(listed) == 3 + 9 * len(CATEGORIES)
+
+
+def test_repository_params_resolve(tmp_path: Path) -> None:
+    """The committed params (empty aesc and patch_ae lists) give a valid DAG too."""
+    bare = new_project(tmp_path / "bare", repo_params())
+    listed = set(dvc(bare, "stage", "list", "--name-only").stdout.split())
+    selected = {f for f, variants in repo_params()["run"].items() if variants}
+    assert listed == {"fetch", "prepare", "report"}.union(*map(family_stages, selected))
+
+
+def test_every_cmd_is_a_valid_reconad_call(stages: dict[str, StageView]) -> None:
+    parser = build_parser()
+    for name, stage in stages.items():
+        argv = shlex.split(stage.cmd)
+        assert argv[0] == "reconad", name
+        args = parser.parse_args(argv[1:])
+        assert args.stage == name.split("_")[0], name
+        if "@" in name:
+            assert f"{args.variant}-{args.category}" == name.split("@")[1], name
+
+
+def test_only_sdc_training_lists_the_loss(stages: dict[str, StageView]) -> None:
+    for family in FAMILY_VARIANTS:
+        for name in matrix_stages("train", family):
+            lists_loss = any(key.split(".")[0] == "loss" for key in stages[name].params)
+            assert lists_loss == (family == "sdc_ae"), name
+
+
+def test_training_lists_its_variant_and_profile(stages: dict[str, StageView]) -> None:
+    profile = repo_params()["profile"]
+    for family, variant in FAMILY_VARIANTS.items():
+        for name in matrix_stages("train", family):
+            assert {family, f"variants.{variant}", f"profiles.{profile}"} <= stages[name].params
+
+
+def test_every_listed_param_exists(stages: dict[str, StageView]) -> None:
+    params = all_families_params()
+    for name, stage in stages.items():
+        for key in stage.params:
+            node: Any = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{name}: params.yaml has no {key}"
+                node = node[part]
+
+
+def test_evaluation_depends_on_model_and_threshold(stages: dict[str, StageView]) -> None:
+    for family, variant in FAMILY_VARIANTS.items():
+        for category in CATEGORIES:
+            model = f"models/{variant}/{category}"
+            evaluate = stages[f"evaluate_{family}@{variant}-{category}"]
+            assert {f"{model}/model", f"{model}/threshold.json"} <= evaluate.deps
+            assert f"data/prepared/{category}" in evaluate.deps
+            calibrate = stages[f"calibrate_{family}@{variant}-{category}"]
+            assert set(calibrate.outs) == {f"{model}/threshold.json"}
+
+
+def test_report_depends_on_every_evaluation(project: Path, stages: dict[str, StageView]) -> None:
+    assert "reports/eval" in stages["report"].deps
+    dot = dvc(project, "dag", "--dot").stdout
+    edges = set(re.findall(r'"([^"]+)" -> "([^"]+)"', dot))
+    upstream_of_report = {source for source, target in edges if target == "report"}
+    evaluations = set().union(*(matrix_stages("evaluate", f) for f in FAMILY_VARIANTS))
+    assert upstream_of_report == evaluations
+    assert ("fetch", "prepare") in edges
+
+
+def test_report_metrics_and_plots_stay_in_the_workspace(stages: dict[str, StageView]) -> None:
+    outs = stages["report"].outs
+    assert outs["reports/metrics.json"] == Output(cache=False, metric=True, plot=False)
+    for curve in ("roc", "pro"):
+        assert outs[f"reports/plots/{curve}"] == Output(cache=False, metric=False, plot=True)
+    assert outs["reports/report.html"].cache and outs["reports/report.md"].cache
+
+
+def stub_pipeline(project: Path, stages: dict[str, StageView]) -> None:
+    """Replace every ``cmd`` of ``project/dvc.yaml`` by the stub stage, in place.
+
+    The stub gets the stage's outs (still ``${item...}`` templates that DVC fills in) plus,
+    for a plain stage, the deps of later stages inside its outs (``data/prepared/<cat>``).
+    Source files the stages depend on become placeholders.
+    """
+    (project / "stub_stage.py").write_text(STUB_STAGE, encoding="utf-8")
+    definition = yaml.safe_load(REPO_DVC_YAML.read_text(encoding="utf-8"))
+    every_dep = {dep for stage in stages.values() for dep in stage.deps}
+    every_out = {out for stage in stages.values() for out in stage.outs}
+    for name, stage in definition["stages"].items():
+        paths = [
+            entry if isinstance(entry, str) else next(iter(entry))
+            for key in ("outs", "metrics", "plots")
+            for entry in stage.get(key, [])
+        ]
+        if name in stages:
+            paths += sorted(d for d in every_dep if any(inside(d, o) for o in stages[name].outs))
+        stage["cmd"] = shlex.join([sys.executable, "stub_stage.py", *paths])
+    write_yaml(project / "dvc.yaml", definition)
+    for dep in every_dep:
+        if not any(dep == o or inside(dep, o) or inside(o, dep) for o in every_out):
+            (project / dep).parent.mkdir(parents=True, exist_ok=True)
+            (project / dep).write_text("# placeholder\n", encoding="utf-8")
+
+
+def inside(path: str, folder: str) -> bool:
+    return Path(folder) in Path(path).parents
+
+
+def ran_stages(repro: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", repro.stdout))
+
+
+def changed_stages(project: Path) -> dict[str, Any]:
+    """``dvc status --json``: the stages whose deps or params differ from dvc.lock."""
+    return json.loads(dvc(project, "status", "--json").stdout or "{}")
+
+
+REPRO_CATEGORIES = CATEGORIES[:2]  # two are enough to see per-category stages; faster
+
+
+@dataclass(frozen=True)
+class ReproHistory:
+    project: Path
+    params: dict[str, Any]
+    first: set[str]
+    again: subprocess.CompletedProcess
+    status_after_lambda: dict[str, Any]
+    rerun_after_lambda: set[str]
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> ReproHistory:
+    """Stubbed pipeline: full repro, repro again, then ``loss.lambda`` changed: status, repro."""
+    params = all_families_params(REPRO_CATEGORIES)
+    project = new_project(tmp_path_factory.mktemp("repro") / "project", params)
+    stub_pipeline(project, resolved_stages(project))
+    first = ran_stages(dvc(project, "repro"))
+    start = time.perf_counter()
+    again = dvc(project, "repro")
+    seconds = time.perf_counter() - start
+    print(f"\n`dvc repro` with nothing to do: {seconds:.1f} s for {len(first)} stages")
+    params["loss"]["lambda"] = params["loss"]["lambda"] / 2
+    write_yaml(project / "params.yaml", params)
+    status = changed_stages(project)
+    rerun = ran_stages(dvc(project, "repro"))
+    return ReproHistory(project, params, first, again, status, rerun)
+
+
+def test_first_repro_runs_every_stage(history: ReproHistory) -> None:
+    assert history.first == pipeline_stages(REPRO_CATEGORIES)
+
+
+def test_repro_again_has_nothing_to_do(history: ReproHistory) -> None:
+    assert UP_TO_DATE in history.again.stdout
+    assert ran_stages(history.again) == set()
+
+
+def test_lambda_change_marks_only_sdc_training(history: ReproHistory) -> None:
+    assert set(history.status_after_lambda) == matrix_stages("train", "sdc_ae", REPRO_CATEGORIES)
+    for entries in history.status_after_lambda.values():
+        assert entries == [{"changed deps": {"params.yaml": {"loss": "modified"}}}]
+
+
+def test_lambda_change_reruns_the_sdc_branch_and_the_report(history: ReproHistory) -> None:
+    assert history.rerun_after_lambda == family_stages("sdc_ae", REPRO_CATEGORIES) | {"report"}
+
+
+def stages_of(kinds: tuple[str, ...], families: tuple[str, ...]) -> set[str]:
+    return {
+        name
+        for kind in kinds
+        for family in families
+        for name in matrix_stages(kind, family, REPRO_CATEGORIES)
+    }
+
+
+PARAM_CHANGES: list[tuple[str, Any, set[str]]] = [
+    ("score.sdc_ae.sigma", 3.0, stages_of(("calibrate", "evaluate"), ("sdc_ae",))),
+    ("corruption.model", "drops", stages_of(("train",), ("aesc",))),
+    ("corruption.cutpaste.jitter", 0.2, stages_of(("train",), ("patch_ae",))),
+    ("evaluate.max_fpr", 0.2, stages_of(("evaluate",), tuple(FAMILY_VARIANTS))),
+    ("tracking.experiment", "elsewhere", set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"), PARAM_CHANGES, ids=[change[0] for change in PARAM_CHANGES]
+)
+def test_params_change_marks_only_the_stages_that_read_it(
+    history: ReproHistory, key: str, value: Any, expected: set[str]
+) -> None:
+    changed = json.loads(json.dumps(history.params))
+    *parents, last = key.split(".")
+    node = changed
+    for part in parents:
+        node = node[part]
+    assert node[last] != value
+    node[last] = value
+    write_yaml(history.project / "params.yaml", changed)
+    try:
+        assert set(changed_stages(history.project)) == expected
+    finally:
+        write_yaml(history.project / "params.yaml", history.params)
