@@ -155,7 +155,7 @@ def calibrate_model(
     The validation map statistics are kept too, to normalise maps for ensembles.
     """
     model_dir = model_dir or paths.model_dir(variant, category)
-    trained = load_trained(model_dir)
+    trained = load_trained(model_dir, params.score)
     val = load_split(paths.prepared_category(category, prepared_dir)).val
     scores = score_images(trained.detector, val)
     min_area = params.calibrate.min_area_for(category)
@@ -165,6 +165,7 @@ def calibrate_model(
         "percentile": params.calibrate.percentile,
         "primary": trained.primary_map,
         "validation_images": len(val),
+        "score": params.score.model_dump(mode="json"),
         "maps": {
             name: {
                 "components": component_threshold(maps, min_area),

@@ -39,9 +39,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        if raised_by_interrupt(exc):
+            print("reconad: interrupted; run the same command again to resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
         print(f"reconad: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+def raised_by_interrupt(exc: BaseException) -> bool:
+    """True when ``exc`` comes from handling Ctrl-C or SIGTERM.
+
+    A library's clean-up can fail after the interrupt and replace it with its own error.
+    For example, MLflow's SQLite store reports "database is locked" when the interrupt
+    cut a write short. That is still an interruption.
+    """
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__]
+    return False
 
 
 @contextlib.contextmanager
@@ -153,22 +175,25 @@ def check_run_variants(params_file: Path, params: Params) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    params = load(args, args.variant, uses_tensorflow=True)
     from reconad.train import train
 
-    result = train(load(args, args.variant, uses_tensorflow=True), args.variant, args.category)
+    result = train(params, args.variant, args.category)
     log.info("trained %s/%s: %d epochs -> %s", args.variant, args.category, result.epochs_run, result.model_dir)
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
+    params = load(args, args.variant, uses_tensorflow=True)
     from reconad.calibrate import calibrate_model
 
-    calibrate_model(load(args, args.variant, uses_tensorflow=True), args.variant, args.category)
+    calibrate_model(params, args.variant, args.category)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
+    params = load(args, args.variant, uses_tensorflow=True)
     from reconad.evaluate import evaluate
 
-    summary = evaluate(load(args, args.variant, uses_tensorflow=True), args.variant, args.category)
+    summary = evaluate(params, args.variant, args.category)
     primary = summary[summary["primary"]]
     log.info(
         "%s/%s: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f",

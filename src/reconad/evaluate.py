@@ -20,10 +20,10 @@ from reconad.io import atomic_dir, atomic_write_json, atomic_write_text
 from reconad.metrics import evaluate_all, pro_curve, roc_curve_points
 from reconad.score import Scores, TrainedModel, load_trained, score_images
 
-METRICS_FILE = "metrics.json"
-CURVES_FILE = "curves.json"
-SCORES_FILE = "scores.csv"
-EXAMPLES_DIR = "examples"
+METRICS_FILE = paths.EVAL_METRICS_FILE
+CURVES_FILE = paths.EVAL_CURVES_FILE
+SCORES_FILE = paths.EVAL_SCORES_FILE
+EXAMPLES_DIR = paths.EVAL_EXAMPLES_DIR
 CURVE_POINTS = 200
 log = logging.getLogger("reconad")
 
@@ -39,7 +39,7 @@ def evaluate(
     """Evaluate a calibrated model on the test split of ``category``; returns metrics."""
     model_dir = model_dir or paths.model_dir(variant, category)
     out_dir = out_dir or paths.eval_dir(variant, category)
-    trained = load_trained(model_dir)
+    trained = load_trained(model_dir, params.score)
     calibration = trained.threshold()
     data = load_split(paths.prepared_category(category, prepared_dir))
     scores = score_images(trained.detector, data.test)

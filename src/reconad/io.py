@@ -77,6 +77,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.chmod(tmp_name, 0o666 & ~_umask())
             _write_all(fd, data)
             os.fsync(fd)
             os.close(fd)
@@ -129,6 +130,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     with reporting_os_errors(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+        tmp.chmod(0o777 & ~_umask())
     try:
         with reporting_os_errors(final):
             yield tmp
@@ -160,6 +162,15 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+def _umask() -> int:
+    """The process umask, so outputs get the permissions a plain ``open`` would give them
+    rather than the owner-only ones of ``tempfile``. POSIX has no getter: set and restore
+    it, with a strict mask in between so a concurrent write is never more exposed."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _write_all(fd: int, data: bytes) -> None:

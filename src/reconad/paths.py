@@ -19,6 +19,12 @@ MODEL_FILE = "model.keras"
 MODEL_CONFIG_FILE = "config.json"
 THRESHOLD_FILE = "threshold.json"
 
+# Inside an evaluation directory (reports/eval/<variant>/<category>).
+EVAL_METRICS_FILE = "metrics.json"
+EVAL_CURVES_FILE = "curves.json"
+EVAL_SCORES_FILE = "scores.csv"
+EVAL_EXAMPLES_DIR = "examples"
+
 
 def prepared_category(category: str, root: Path = PREPARED_DIR) -> Path:
     return root / category

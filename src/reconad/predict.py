@@ -71,7 +71,7 @@ def list_images(source: Path) -> list[Path]:
         raise DataError(f"{source}: no such image or folder")
     files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        raise DataError(f"{source}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     return files
 
 

@@ -23,7 +23,6 @@ import yaml
 from reconad import paths
 from reconad.config import Params
 from reconad.errors import ReconadError
-from reconad.evaluate import CURVES_FILE, EXAMPLES_DIR, METRICS_FILE
 from reconad.io import atomic_dir, atomic_write_json, atomic_write_text
 from reconad.published import published_table
 
@@ -38,6 +37,8 @@ REPORT_METRICS = (
     "pixel_f1",
 )
 METRICS_JSON = "metrics.json"
+# The params sections the report prints; dvc.yaml's report stage lists the same.
+REPORTED_PARAMS = ("seed", "profile", "dataset", "run", "variants", "calibrate")
 PLOTS_DIR = "plots"
 FIGURES_DIR = "figures"
 MAP_SEPARATOR = "@"
@@ -85,13 +86,13 @@ def collect(eval_dir: Path, params: Params) -> list[Evaluation]:
 
 
 def load_evaluation(directory: Path) -> Evaluation:
-    metrics_file = directory / METRICS_FILE
+    metrics_file = directory / paths.EVAL_METRICS_FILE
     if not metrics_file.exists():
         raise ReconadError(f"{metrics_file}: missing; run `dvc repro` to evaluate first")
     summary = json.loads(metrics_file.read_text(encoding="utf-8"))
-    curves = json.loads((directory / CURVES_FILE).read_text(encoding="utf-8"))
+    curves = json.loads((directory / paths.EVAL_CURVES_FILE).read_text(encoding="utf-8"))
     maps = {k: v for k, v in summary.items() if isinstance(v, dict)}
-    examples = sorted((directory / EXAMPLES_DIR).glob("*.png"))
+    examples = sorted((directory / paths.EVAL_EXAMPLES_DIR).glob("*.png"))
     return Evaluation(
         summary["variant"], summary["category"], summary["primary"], maps, curves, examples
     )
@@ -204,7 +205,11 @@ def report_blocks(
         blocks.append(Block("text", f"**{evaluation.variant} / {evaluation.category}**"))
         blocks += [Block("image", path) for path in evaluation.examples]
     blocks.append(Block("heading2", "Params used"))
-    blocks.append(Block("code", yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False)))
+    blocks.append(
+        Block("text", "Each model's complete params are in `models/<variant>/<category>/model/config.json`.")
+    )
+    dump = params.model_dump(mode="json", by_alias=True)
+    blocks.append(Block("code", yaml.safe_dump({k: dump[k] for k in REPORTED_PARAMS}, sort_keys=False)))
     return blocks
 
 
@@ -299,5 +304,8 @@ def format_metrics(path: Path, columns: tuple[str, ...] = REPORT_METRICS[:3] + (
         for category, values in per_category.items()
     ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) for row in [header, *rows]]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from reconad import paths
-from reconad.config import Params
+from reconad.config import Params, ScoreConfig
 from reconad.errors import DataError, ReconadError
 from reconad.models import Detector, Method, method_class
 
@@ -60,8 +60,15 @@ class Scores:
     """``{map name: (N,)}``."""
 
 
-def load_trained(model_dir: Path) -> TrainedModel:
-    """Load ``models/<variant>/<category>`` as written by ``reconad train``."""
+def load_trained(model_dir: Path, score: ScoreConfig | None = None) -> TrainedModel:
+    """Load ``models/<variant>/<category>`` as written by ``reconad train``.
+
+    Args:
+        model_dir: the model directory.
+        score: how to turn outputs into maps and scores. Calibrate and evaluate pass
+            params.yaml's (``score.*`` belongs to them, not to training); ``None`` keeps
+            the settings the model was calibrated with, so predict scores the same way.
+    """
     model_dir = Path(model_dir)
     description_file = model_dir / paths.MODEL_SUBDIR / paths.MODEL_CONFIG_FILE
     if not description_file.exists():
@@ -71,12 +78,24 @@ def load_trained(model_dir: Path) -> TrainedModel:
         )
     description = read_json(description_file)
     params = Params.model_validate(description["params"])
+    score = score if score is not None else calibrated_score(model_dir)
+    if score is not None:
+        params = params.model_copy(update={"score": score})
     method = method_class(description["method"])(params, int(description["channels"]))
     model = keras.saving.load_model(
         model_dir / paths.MODEL_SUBDIR / paths.MODEL_FILE, compile=False
     )
     detector = method.load_detector(model, model_dir / paths.MODEL_SUBDIR)
     return TrainedModel(model_dir, description, params, method, detector)
+
+
+def calibrated_score(model_dir: Path) -> ScoreConfig | None:
+    """The scoring settings ``threshold.json`` was calibrated with, if any."""
+    path = Path(model_dir) / paths.THRESHOLD_FILE
+    if not path.exists():
+        return None
+    saved = read_json(path).get("score")
+    return ScoreConfig.model_validate(saved) if saved is not None else None
 
 
 def score_images(detector: Detector, images: np.ndarray) -> Scores:
