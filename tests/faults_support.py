@@ -59,6 +59,7 @@ def write_params(directory: Path, **overrides: Any) -> Path:
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = copy.deepcopy(value)
+    Path(directory).mkdir(parents=True, exist_ok=True)
     path = Path(directory) / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path

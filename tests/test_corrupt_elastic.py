@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from pydantic import ValidationError
 from scipy import ndimage
 
 from reconad.config import ElasticConfig
@@ -15,7 +16,6 @@ from reconad.corrupt.fields import (
     gaussian_kernel,
     smooth_random_field,
 )
-from reconad.errors import ConfigError
 
 SEED = tf.constant([7, 11], tf.int64)
 
@@ -232,9 +232,9 @@ def test_brightness_shifts_the_replacement_within_its_range() -> None:
     assert x_hat[core].min() >= 0.0 and x_hat[core].max() <= 0.2 + 1e-6
 
 
-def test_empty_modes_are_rejected() -> None:
-    with pytest.raises(ConfigError, match="modes"):
-        _corrupt(_textures(1, 32, 32, 1), modes=[])
+def test_empty_modes_are_rejected_when_params_load() -> None:
+    with pytest.raises(ValidationError, match="modes"):
+        ElasticConfig(modes=[])
 
 
 def test_graph_is_pure_tensorflow_and_stateless() -> None:

@@ -160,10 +160,11 @@ def test_a_failed_prepare_keeps_the_previous_prepared_category(
     assert leftovers(project / "data") == []
 
 
-def test_debug_raises_instead_of_printing_one_line(project: Path) -> None:
+@pytest.mark.parametrize("argv", [["prepare", "--debug"], ["--debug", "prepare"]])
+def test_debug_raises_instead_of_printing_one_line(project: Path, argv: list[str]) -> None:
     truncated_png(project)
     with pytest.raises(DataError, match=r"001\.png: not a readable image"):
-        main(["prepare", "--debug"])
+        main(argv)
 
 
 @pytest.mark.slow

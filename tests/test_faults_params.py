@@ -107,3 +107,15 @@ def test_a_crop_larger_than_the_images_is_refused_before_training(
     assert_one_error(code, err, "sdc_ae.schedule[0].crop: 64 exceeds dataset.image_size 32")
     assert not (workdir / "mlflow.db").exists()
     assert not (workdir / "models").exists()
+
+
+@pytest.mark.parametrize("params_first", [True, False], ids=["before stage", "after stage"])
+def test_the_params_option_is_used_wherever_it_is_given(
+    workdir: Path, capsys: pytest.CaptureFixture[str], params_first: bool
+) -> None:
+    write_params(workdir)
+    bad = write_params(workdir / "other", loss__lambda=1.5)
+    option = ["--params", str(bad)]
+    code, _, err = run_cli(capsys, *([*option, "fetch"] if params_first else ["fetch", *option]))
+    assert_one_error(code, err, f"{bad}: loss.lambda:")
+    _nothing_done(workdir)

@@ -361,12 +361,6 @@ def test_training_leaves_no_checkpoints(pipeline: PipelineRun) -> None:
     assert leftovers == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: calibrate/evaluate score with the score.* params saved at training time "
-    "(model/config.json), not params.yaml, although dvc.yaml re-runs them when score.* changes",
-)
 def test_calibrate_follows_the_score_params_of_params_yaml(
     pipeline: PipelineRun, tmp_path: Path
 ) -> None:
@@ -416,12 +410,6 @@ def test_unknown_variant_exits_1_naming_it(unknown_variant: subprocess.Completed
     assert "'no_such_variant'" in last and TINY_VARIANT in last  # and names the known ones
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: cli.run_train imports reconad.train (TensorFlow) before validating params, "
-    "so TensorFlow's start-up lines precede the one-line error",
-)
 def test_unknown_variant_prints_only_the_error_line(
     unknown_variant: subprocess.CompletedProcess,
 ) -> None:

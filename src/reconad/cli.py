@@ -95,14 +95,16 @@ def one_line(exc: BaseException) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser = argparse.ArgumentParser(prog="reconad", description=__doc__, parents=[common])
+    parser = argparse.ArgumentParser(
+        prog="reconad", description=__doc__, parents=[common_options(Path("params.yaml"), False)]
+    )
     stages = parser.add_subparsers(dest="stage", required=True)
+    # The options are accepted after the stage name too. A stage's copy has no default,
+    # so it cannot reset a value given before the stage name.
+    after_stage = common_options(argparse.SUPPRESS, argparse.SUPPRESS)
 
     def stage(name: str, handler: Callable[[argparse.Namespace], None], help_text: str):
-        sub = stages.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub = stages.add_parser(name, parents=[after_stage], help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -123,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", type=Path, required=True, help="an image or a folder")
     predict.add_argument("--output", type=Path, required=True, help="folder for PNGs and JSON")
     return parser
+
+
+def common_options(params_default: object, debug_default: object) -> argparse.ArgumentParser:
+    """``--params`` and ``--debug``, shared by ``reconad`` and every stage."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", type=Path, default=params_default, help="params file")
+    common.add_argument(
+        "--debug", action="store_true", default=debug_default, help="show tracebacks"
+    )
+    return common
 
 
 def load(args: argparse.Namespace, variant: str | None = None, uses_tensorflow: bool = False):

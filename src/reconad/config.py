@@ -171,7 +171,7 @@ class ElasticConfig(Section):
     sigma: PositiveFloat = 4.0
     alpha: PositiveFloat = 50.0
     mask_sigma: PositiveFloat = 4.0
-    mask_alpha: PositiveFloat = 50.0
+    mask_alpha: PositiveFloat = 20.0
     brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
 
     @model_validator(mode="after")
