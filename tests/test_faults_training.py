@@ -8,6 +8,7 @@ the last finished epoch of the right params, and that every phase runs all its e
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -31,6 +32,9 @@ from faults_support import (
     subprocess_env,
     write_params,
 )
+from reconad.config import load_params
+from reconad.data.layout import load_split
+from reconad.train import run_key
 
 TRAIN = ["train", "--variant", VARIANT, "--category", CATEGORY]
 CHECKPOINTS = Path(".reconad/checkpoints") / VARIANT / CATEGORY
@@ -199,3 +203,25 @@ def test_a_nan_loss_stops_training_naming_phase_epoch_and_step(
     runs = list(workdir.glob(f"{CHECKPOINTS}/*"))
     assert len(runs) == 1 and backed_up_epoch(runs[0]) == 1, "the last good epoch is kept"
     assert not os.listdir(workdir / "models" / VARIANT / CATEGORY)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_left_empty_by_a_power_loss_is_set_aside_and_the_phase_starts_over(
+    workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    write_params(workdir, sdc_ae__schedule=[{"crop": 32, "epochs": 2}], train__steps_per_epoch=3)
+    params = load_params(workdir / "params.yaml", variant=VARIANT)
+    data = load_split(workdir / "data" / "prepared" / CATEGORY)
+    backup = CHECKPOINTS / run_key(params, VARIANT, CATEGORY, data) / "phase0"
+    backup.mkdir(parents=True)
+    for name in ("latest.weights.h5", "training_metadata.json"):
+        (backup / name).write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="reconad"):
+        code, out, err = run_cli(capsys, *TRAIN)
+    assert code == 0, err
+    assert any(
+        f"{backup / 'training_metadata.json'} is damaged" in m and "the phase starts over" in m
+        for m in caplog.messages
+    ), caplog.messages
+    assert next(line for line in out.splitlines() if line.startswith("Epoch ")) == "Epoch 1/2"
+    assert MODEL_FILE.exists()

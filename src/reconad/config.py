@@ -66,9 +66,7 @@ class DatasetConfig(Section):
         if self.name == "folder" and not self.root:
             raise ValueError("dataset.root: required when dataset.name is 'folder'")
         if self.image_size % 8:
-            raise ValueError(
-                f"dataset.image_size: must be a multiple of 8 (got {self.image_size})"
-            )
+            raise ValueError(f"dataset.image_size: must be a multiple of 8 (got {self.image_size})")
         return self
 
 
@@ -409,7 +407,7 @@ def _describe(exc: ValidationError) -> str:
         return f"{key}: unknown key (allowed: {', '.join(allowed)})"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
-    if message.startswith(f"{key}:") or not key:
+    if not key or message.startswith(f"{key}:") or message.startswith(f"{key}."):
         return message
     got = error.get("input")
     shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""

@@ -111,7 +111,11 @@ def scores_table(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["image", "defect", "label", "score", "anomalous"])
     for row in zip(
-        data.test_names, data.test_defects, data.test_labels, scores.image_scores[name], image_pred,
+        data.test_names,
+        data.test_defects,
+        data.test_labels,
+        scores.image_scores[name],
+        image_pred,
         strict=True,
     ):
         image, defect, label, score, verdict = row

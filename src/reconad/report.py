@@ -130,8 +130,12 @@ def write_plot_data(directory: Path, evaluations: list[Evaluation]) -> None:
         for evaluation in evaluations:
             for map_name, curve in evaluation.curves.items():
                 stem = f"{series_name(evaluation, map_name)}__{evaluation.category}.csv"
-                write_csv(tmp / "roc" / stem, ("fpr", "tpr"), curve["roc"]["fpr"], curve["roc"]["tpr"])
-                write_csv(tmp / "pro" / stem, ("fpr", "pro"), curve["pro"]["fpr"], curve["pro"]["pro"])
+                write_csv(
+                    tmp / "roc" / stem, ("fpr", "tpr"), curve["roc"]["fpr"], curve["roc"]["tpr"]
+                )
+                write_csv(
+                    tmp / "pro" / stem, ("fpr", "pro"), curve["pro"]["fpr"], curve["pro"]["pro"]
+                )
 
 
 def write_csv(path: Path, header: tuple[str, str], xs: list[float], ys: list[float]) -> None:
@@ -162,7 +166,8 @@ def write_figures(directory: Path, evaluations: list[Evaluation]) -> dict[str, P
                     for map_name, data in evaluation.curves.items():
                         y_key = "tpr" if curve == "roc" else "pro"
                         axis.plot(
-                            data[curve]["fpr"], data[curve][y_key],
+                            data[curve]["fpr"],
+                            data[curve][y_key],
                             label=series_name(evaluation, map_name),
                         )
                 axis.set(title=category, xlabel=x_label, ylabel=y_label)
@@ -206,16 +211,24 @@ def report_blocks(
         blocks += [Block("image", path) for path in evaluation.examples]
     blocks.append(Block("heading2", "Params used"))
     blocks.append(
-        Block("text", "Each model's complete params are in `models/<variant>/<category>/model/config.json`.")
+        Block(
+            "text",
+            "Each model's complete params are in `models/<variant>/<category>/model/config.json`.",
+        )
     )
     dump = params.model_dump(mode="json", by_alias=True)
-    blocks.append(Block("code", yaml.safe_dump({k: dump[k] for k in REPORTED_PARAMS}, sort_keys=False)))
+    blocks.append(
+        Block("code", yaml.safe_dump({k: dump[k] for k in REPORTED_PARAMS}, sort_keys=False))
+    )
     return blocks
 
 
 def metrics_table(per_category: dict[str, dict[str, float]]) -> list[list[str]]:
     header = ["category", *REPORT_METRICS]
-    rows = [[name, *(f"{values[k]:.3f}" for k in REPORT_METRICS)] for name, values in per_category.items()]
+    rows = [
+        [name, *(f"{values[k]:.3f}" for k in REPORT_METRICS)]
+        for name, values in per_category.items()
+    ]
     return [header, *rows]
 
 
@@ -263,7 +276,9 @@ def render_html(blocks: list[Block]) -> str:
             body.append("</table>")
         elif block.kind == "image":
             data = base64.b64encode(Path(block.content).read_bytes()).decode("ascii")
-            body.append(f'<img alt="{html.escape(Path(block.content).stem)}" src="data:image/png;base64,{data}">')
+            body.append(
+                f'<img alt="{html.escape(Path(block.content).stem)}" src="data:image/png;base64,{data}">'
+            )
     return HTML_PAGE.format(body="\n".join(body))
 
 
@@ -292,7 +307,9 @@ pre {{ background: #f6f6f6; padding: 1em; font-size: 0.8em; overflow-x: auto; }}
 """
 
 
-def format_metrics(path: Path, columns: tuple[str, ...] = REPORT_METRICS[:3] + ("tpr_tnr_mean", "pixel_f1")) -> str:
+def format_metrics(
+    path: Path, columns: tuple[str, ...] = (*REPORT_METRICS[:3], "tpr_tnr_mean", "pixel_f1")
+) -> str:
     """``reports/metrics.json`` as an aligned text table, one row per series and category."""
     if not path.exists():
         raise ReconadError(f"{path}: missing; run `dvc repro` first")

@@ -41,9 +41,7 @@ def training_run(params: Params, run_name: str, tags: Mapping[str, str]) -> Iter
         )
     else:
         experiment_id = experiment.experiment_id
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name, tags=dict(tags)
-    ) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
         yield run.info.run_id
 
 

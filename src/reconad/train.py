@@ -156,14 +156,25 @@ def fit_phases(
 
 
 def log_resume_point(backup_dir: Path, phase: int) -> None:
-    """Say when a phase restarts from the epoch checkpoint an interrupted run left."""
+    """Say when a phase restarts from the epoch checkpoint an interrupted run left.
+
+    A checkpoint whose epoch record cannot be read is set aside and the phase starts
+    over. A kill or power loss during Keras' unsynced write can leave that record empty,
+    and Keras would otherwise fail on it at every re-run.
+    """
     metadata = backup_dir / BACKUP_METADATA
     if not metadata.exists():
         return
     try:
         epoch = int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"])
     except (OSError, ValueError, KeyError, TypeError):
-        log.info("phase %d: resuming from the checkpoint in %s", phase, backup_dir)
+        damaged = backup_dir.with_name(f"{backup_dir.name}.damaged")
+        shutil.rmtree(damaged, ignore_errors=True)
+        backup_dir.rename(damaged)
+        log.warning(
+            "phase %d: checkpoint %s is damaged (moved to %s); the phase starts over",
+            phase, metadata, damaged,
+        )
         return
     log.info("phase %d: resumed after epoch %d from the checkpoint in %s", phase, epoch, backup_dir)
 

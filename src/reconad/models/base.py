@@ -94,7 +94,9 @@ class Method(abc.ABC):
         del size
 
 
-def batched_predict(fn: Callable[[tf.Tensor], tf.Tensor], images: np.ndarray, batch: int) -> np.ndarray:
+def batched_predict(
+    fn: Callable[[tf.Tensor], tf.Tensor], images: np.ndarray, batch: int
+) -> np.ndarray:
     """Apply ``fn`` to ``images`` in batches so memory stays bounded."""
     outputs = [
         np.asarray(fn(tf.convert_to_tensor(images[start : start + batch])))

@@ -100,7 +100,9 @@ def _conv_bn_relu(
         )
     else:
         conv = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)
-    features = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(conv(features))
+    features = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(
+        conv(features)
+    )
     return keras.layers.ReLU(name=f"{name}_relu")(features)
 
 
