@@ -1,0 +1,1 @@
+"""Speed benchmarks: run all with ``python -m benchmarks`` (``make bench``)."""
