@@ -73,6 +73,7 @@ class Training:
                 env=subprocess_env(workdir),
                 stdout=out,
                 stderr=err,
+                preexec_fn=_take_ctrl_c,
             )
 
     def wait_for_epoch(self, above: int, exclude: set[Path] = frozenset(), timeout: float = 300):
@@ -104,6 +105,15 @@ class Training:
     def epochs(self) -> list[str]:
         """Keras' ``Epoch i/n`` lines, in order."""
         return [line.strip() for line in self.stdout().splitlines() if line.startswith("Epoch ")]
+
+
+def _take_ctrl_c() -> None:
+    """Let the child see SIGINT as a terminal's Ctrl-C.
+
+    A shell running CI in the background starts it with SIGINT ignored, and Python then
+    keeps ignoring it (as ``nohup`` users expect); the test needs a real Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def backed_up_epoch(run: Path) -> int | None:
