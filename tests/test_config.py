@@ -83,7 +83,7 @@ def test_variant_override_of_unknown_key_fails(tmp_path: Path) -> None:
 
 
 def test_unknown_variant_names_the_defined_ones(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown variant 'nope'.*sdc_restore"):
+    with pytest.raises(ConfigError, match=r"unknown variant 'nope'.*sdc_restore"):
         load_params(REPO_PARAMS, variant="nope")
 
 

@@ -171,9 +171,7 @@ def test_a_real_write_protected_model_folder_keeps_the_old_threshold(project: Pa
     before = THRESHOLD.read_bytes()
     (project / MODEL_DIR).chmod(0o555)
     try:
-        result = run_process(
-            ["calibrate", *STAGE_ARGS], project, prefix=unprivileged_prefix()
-        )
+        result = run_process(["calibrate", *STAGE_ARGS], project, prefix=unprivileged_prefix())
     finally:
         (project / MODEL_DIR).chmod(0o755)
     assert_one_error(

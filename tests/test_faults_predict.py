@@ -34,8 +34,9 @@ def workdir(
 
 
 def _predict(capsys: pytest.CaptureFixture[str], model: Path, source: Path, out: Path):
-    return run_cli(capsys, "predict", "--model", str(model), "--input", str(source),
-                   "--output", str(out))
+    return run_cli(
+        capsys, "predict", "--model", str(model), "--input", str(source), "--output", str(out)
+    )
 
 
 def test_an_rgb_image_of_another_size_is_converted_and_resized_with_warnings(

@@ -23,8 +23,16 @@ METHODS = (
     "aesc_stain_uncertainty",
     "patch_ae",
 )
-METRICS = {"image_auroc", "pixel_auroc", "aupro", "tpr", "tnr", "tpr_tnr_mean", "image_f1",
-           "pixel_f1"}
+METRICS = {
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "tpr",
+    "tnr",
+    "tpr_tnr_mean",
+    "image_f1",
+    "pixel_f1",
+}
 
 
 @pytest.mark.parametrize(
@@ -106,8 +114,11 @@ def test_every_method_covers_the_15_categories_with_valid_metrics(method: str) -
 def test_published_means_agree_with_the_rows_up_to_rounding(method: str) -> None:
     """Catches a mistyped row: the papers round rows and means to 2 decimals (±0.005 each)."""
     per_category = PUBLISHED[method]
-    groups = {"mean": (*MVTEC_TEXTURES, *MVTEC_OBJECTS), "textures": MVTEC_TEXTURES,
-              "objects": MVTEC_OBJECTS}
+    groups = {
+        "mean": (*MVTEC_TEXTURES, *MVTEC_OBJECTS),
+        "textures": MVTEC_TEXTURES,
+        "objects": MVTEC_OBJECTS,
+    }
     published = {"mean": per_category["mean"], **PUBLISHED_GROUP_MEANS.get(method, {})}
     for group, means in published.items():
         for metric, mean in means.items():
@@ -146,18 +157,36 @@ def test_table_shape_header_and_formatting() -> None:
     by_name = {row[0]: row for row in rows[1:]}
     assert [row[0] for row in rows[1:]] == ["carpet", "brick", "mean"]
     assert by_name["carpet"] == [
-        "carpet", "0.912 / 0.950", "0.500 / –",
-        "0.980 / 1.000", "0.990 / 0.990", "0.890 / 0.790", "0.800 / 0.910", "0.999",
+        "carpet",
+        "0.912 / 0.950",
+        "0.500 / –",
+        "0.980 / 1.000",
+        "0.990 / 0.990",
+        "0.890 / 0.790",
+        "0.800 / 0.910",
+        "0.999",
     ]
     assert by_name["brick"] == ["brick", "– / –", "– / –", "– / –", "– / –", "– / –", "– / –", "–"]
     assert by_name["mean"] == [
-        "mean", "0.912 / 0.950", "0.500 / –",
-        "0.950 / 0.980", "0.920 / 0.980", "0.890 / 0.820", "0.830 / 0.860", "0.995",
+        "mean",
+        "0.912 / 0.950",
+        "0.500 / –",
+        "0.950 / 0.980",
+        "0.920 / 0.980",
+        "0.890 / 0.820",
+        "0.830 / 0.860",
+        "0.995",
     ]
 
 
 def test_table_without_our_series_still_lists_the_papers() -> None:
     rows = published_table({}, ["zipper"])
     assert rows[0][0] == "category"
-    assert rows[1] == ["zipper", "0.980 / 0.990", "0.990 / 0.990", "0.940 / 0.780",
-                       "0.930 / 0.900", "0.997"]
+    assert rows[1] == [
+        "zipper",
+        "0.980 / 0.990",
+        "0.990 / 0.990",
+        "0.940 / 0.780",
+        "0.930 / 0.900",
+        "0.997",
+    ]

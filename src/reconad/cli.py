@@ -191,7 +191,13 @@ def run_train(args: argparse.Namespace) -> None:
     from reconad.train import train
 
     result = train(params, args.variant, args.category)
-    log.info("trained %s/%s: %d epochs -> %s", args.variant, args.category, result.epochs_run, result.model_dir)
+    log.info(
+        "trained %s/%s: %d epochs -> %s",
+        args.variant,
+        args.category,
+        result.epochs_run,
+        result.model_dir,
+    )
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
@@ -209,8 +215,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
     primary = summary[summary["primary"]]
     log.info(
         "%s/%s: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f",
-        args.variant, args.category,
-        primary["image_auroc"], primary["pixel_auroc"], primary["aupro"],
+        args.variant,
+        args.category,
+        primary["image_auroc"],
+        primary["pixel_auroc"],
+        primary["aupro"],
     )
 
 

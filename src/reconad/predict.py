@@ -48,8 +48,14 @@ def predict(model_dir: Path, source: Path, out_dir: Path) -> Iterator[str]:
         for i, path in enumerate(chunk):
             original_shape = originals[i][1]
             record = write_outputs(
-                path, output_stem(path, source), out_dir, images[i], maps[i], masks[i],
-                original_shape, threshold,
+                path,
+                output_stem(path, source),
+                out_dir,
+                images[i],
+                maps[i],
+                masks[i],
+                original_shape,
+                threshold,
             )
             record.update(
                 score=float(scores.image_scores[trained.primary_map][i]),
@@ -83,7 +89,13 @@ def load_for_model(path: Path, trained: TrainedModel) -> tuple[np.ndarray, tuple
         log.warning("%s: converted to %s to match the model", path, color)
     shape = image.shape[:2]
     if shape != (trained.image_size, trained.image_size):
-        log.warning("%s: resized from %dx%d to the model's %d px", path, shape[1], shape[0], trained.image_size)
+        log.warning(
+            "%s: resized from %dx%d to the model's %d px",
+            path,
+            shape[1],
+            shape[0],
+            trained.image_size,
+        )
         image = resize_image(image, trained.image_size)
     return image.reshape(trained.image_size, trained.image_size, trained.channels), shape
 
@@ -115,7 +127,11 @@ def write_outputs(
         "overlay": out_dir / f"{stem}_overlay.png",
         "mask": out_dir / f"{stem}_mask.png",
     }
-    atomic_write_bytes(outputs["heatmap"], visualize.encode_png(visualize.heatmap(full_map, threshold)))
-    atomic_write_bytes(outputs["overlay"], visualize.encode_png(visualize.overlay(full_image, full_map, threshold)))
+    atomic_write_bytes(
+        outputs["heatmap"], visualize.encode_png(visualize.heatmap(full_map, threshold))
+    )
+    atomic_write_bytes(
+        outputs["overlay"], visualize.encode_png(visualize.overlay(full_image, full_map, threshold))
+    )
     atomic_write_bytes(outputs["mask"], visualize.encode_png(full_mask * 255))
     return {"image": str(path), **{k: str(v) for k, v in outputs.items()}}

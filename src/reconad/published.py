@@ -34,8 +34,16 @@ import math
 
 MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 MVTEC_OBJECTS = (
-    "bottle", "cable", "capsule", "hazelnut", "metal_nut",
-    "pill", "screw", "toothbrush", "transistor", "zipper",
+    "bottle",
+    "cable",
+    "capsule",
+    "hazelnut",
+    "metal_nut",
+    "pill",
+    "screw",
+    "toothbrush",
+    "transistor",
+    "zipper",
 )
 MISSING = "–"
 
@@ -76,15 +84,24 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
         "capsule": {"tpr_tnr_mean": 0.83, "pixel_auroc": 0.98, "image_f1": 0.91, "pixel_f1": 0.43},
         "hazelnut": {"tpr_tnr_mean": 0.93, "pixel_auroc": 0.98, "image_f1": 0.95, "pixel_f1": 0.59},
         "metal_nut": {
-            "tpr_tnr_mean": 0.63, "pixel_auroc": 0.95, "image_f1": 0.91, "pixel_f1": 0.66,
+            "tpr_tnr_mean": 0.63,
+            "pixel_auroc": 0.95,
+            "image_f1": 0.91,
+            "pixel_f1": 0.66,
         },
         "pill": {"tpr_tnr_mean": 0.86, "pixel_auroc": 0.98, "image_f1": 0.93, "pixel_f1": 0.37},
         "screw": {"tpr_tnr_mean": 0.86, "pixel_auroc": 0.99, "image_f1": 0.89, "pixel_f1": 0.44},
         "toothbrush": {
-            "tpr_tnr_mean": 1.00, "pixel_auroc": 0.98, "image_f1": 1.00, "pixel_f1": 0.53,
+            "tpr_tnr_mean": 1.00,
+            "pixel_auroc": 0.98,
+            "image_f1": 1.00,
+            "pixel_f1": 0.53,
         },
         "transistor": {
-            "tpr_tnr_mean": 0.92, "pixel_auroc": 0.97, "image_f1": 0.90, "pixel_f1": 0.63,
+            "tpr_tnr_mean": 0.92,
+            "pixel_auroc": 0.97,
+            "image_f1": 0.90,
+            "pixel_f1": 0.63,
         },
         "zipper": {"tpr_tnr_mean": 0.99, "pixel_auroc": 0.99, "image_f1": 0.99, "pixel_f1": 0.80},
         "mean": {"tpr_tnr_mean": 0.92, "pixel_auroc": 0.98, "image_f1": 0.95, "pixel_f1": 0.59},

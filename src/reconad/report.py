@@ -276,9 +276,8 @@ def render_html(blocks: list[Block]) -> str:
             body.append("</table>")
         elif block.kind == "image":
             data = base64.b64encode(Path(block.content).read_bytes()).decode("ascii")
-            body.append(
-                f'<img alt="{html.escape(Path(block.content).stem)}" src="data:image/png;base64,{data}">'
-            )
+            alt = html.escape(Path(block.content).stem)
+            body.append(f'<img alt="{alt}" src="data:image/png;base64,{data}">')
     return HTML_PAGE.format(body="\n".join(body))
 
 

@@ -125,7 +125,9 @@ def fit_phases(
         finished = checkpoints / f"phase{index}.weights.h5"
         if finished.exists():
             model.load_weights(finished)
-            log.info("phase %d (crop %d) already trained: resumed from %s", index, phase.crop, finished)
+            log.info(
+                "phase %d (crop %d) already trained: resumed from %s", index, phase.crop, finished
+            )
             epochs_done += phase.epochs
             continue
         log.info("phase %d: crop %d, %d epochs", index, phase.crop, phase.epochs)
@@ -173,7 +175,9 @@ def log_resume_point(backup_dir: Path, phase: int) -> None:
         backup_dir.rename(damaged)
         log.warning(
             "phase %d: checkpoint %s is damaged (moved to %s); the phase starts over",
-            phase, metadata, damaged,
+            phase,
+            metadata,
+            damaged,
         )
         return
     log.info("phase %d: resumed after epoch %d from the checkpoint in %s", phase, epoch, backup_dir)
@@ -293,4 +297,3 @@ def save_model(
             "params": params.model_dump(mode="json", by_alias=True),
         },
     )
-
