@@ -89,7 +89,7 @@ class TrainConfig(Section):
     learning_rate: PositiveFloat = 1e-4
     epochs: Positive = 20
     steps_per_epoch: Positive = 40
-    patience: Positive = 6
+    patience: Positive | None = None
     augment: dict[str, AugmentConfig] = Field(default_factory=lambda: {"default": AugmentConfig()})
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     mixed_precision: bool = False

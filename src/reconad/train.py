@@ -202,16 +202,22 @@ def save_weights_atomically(model: keras.Model, path: Path) -> None:
 
 
 def phase_callbacks(
-    backup_dir: Path, patience: int, phase: int, first_epoch: int
+    backup_dir: Path, patience: int | None, phase: int, first_epoch: int
 ) -> list[keras.callbacks.Callback]:
-    return [
+    """Backup for resuming, the NaN guard, MLflow logging and, when ``patience`` is set,
+    early stopping that keeps the weights of the best validation epoch."""
+    callbacks = [
         keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True),
         NonFiniteLossGuard(phase),
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, restore_best_weights=True
-        ),
         tracking.EpochMetricsLogger(first_epoch),
     ]
+    if patience is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=patience, restore_best_weights=True
+            )
+        )
+    return callbacks
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
