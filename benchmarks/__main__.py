@@ -1,14 +1,15 @@
 """Every speed benchmark in one run, figures collected in ``reports/bench.json``.
 
-``corruption`` runs in this process and returns its figures; ``mc_dropout.py`` and
-``knn.py`` only print theirs, so they run as subprocesses and their key numbers are read
-back from the printed text (a figure that cannot be found is recorded as null). Each
-benchmark's text is printed as it finishes; the load average is recorded with the
-figures because other work on the machine slows every rate. Sizes are modest so that the
-whole run stays within minutes on two cores. From the repository root (``make bench``)::
+``corruption``, ``training`` and ``inference`` run in this process and return their
+figures; ``mc_dropout.py`` and ``knn.py`` only print theirs, so they run as subprocesses
+and their key numbers are read back from the printed text (a figure that cannot be found
+is recorded as null). Each benchmark's text is printed as it finishes; the load average
+is recorded with the figures because other work on the machine slows every rate. Sizes
+are modest so that the whole run stays within minutes on two cores. From the repository
+root (``make bench``)::
 
     python -m benchmarks
-    python -m benchmarks --batches 10 --out /tmp/bench.json
+    python -m benchmarks --batches 10 --train-steps 3 --out /tmp/bench.json
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks import corruption  # noqa: E402
+from benchmarks import corruption, inference, training  # noqa: E402
 from reconad.io import atomic_write_json  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -113,14 +114,24 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_all(params_path: Path, batches: int) -> dict[str, Any]:
-    """Run the three benchmarks, printing each one's text, and return their figures."""
+def run_all(
+    params_path: Path, batches: int, train_steps: int = 5, inference_repeats: int = 3
+) -> dict[str, Any]:
+    """Run every benchmark, printing each one's text, and return their figures."""
     results: dict[str, Any] = {"machine_at_start": machine()}
     started = time.perf_counter()
 
     print("== corruption: tf.data vs NumPy/OpenCV vs training step", flush=True)
     results["corruption"] = corruption.run(params_path, batches)
     print(corruption.format_figures(results["corruption"]), flush=True)
+
+    print("\n== training: train_on_batch throughput, FLOP/s vs a plain matmul", flush=True)
+    results["training"] = training.run(params_path, train_steps)
+    print(training.format_figures(results["training"]), flush=True)
+
+    print("\n== inference: detector latency (batch 1) vs throughput (batch 32)", flush=True)
+    results["inference"] = inference.run(params_path, repeats=inference_repeats)
+    print(inference.format_figures(results["inference"]), flush=True)
 
     print("\n== mc_dropout: T batched passes vs one pass", flush=True)
     text = run_script("mc_dropout", ("--params", str(params_path), *MC_DROPOUT_FLAGS))
@@ -150,13 +161,19 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--batches", type=int, default=30, help="timed batches per corruption-benchmark rate"
     )
+    parser.add_argument(
+        "--train-steps", type=int, default=5, help="timed steps per training-benchmark variant"
+    )
+    parser.add_argument(
+        "--inference-repeats", type=int, default=3, help="timed calls per inference batch size"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="figures as JSON")
     return parser.parse_args()
 
 
 def main() -> None:
     args = _arguments()
-    results = run_all(args.params, args.batches)
+    results = run_all(args.params, args.batches, args.train_steps, args.inference_repeats)
     atomic_write_json(args.out, results)
     print(f"\nfigures written to {args.out} ({results['seconds']:.0f} s)")
 

@@ -1,7 +1,8 @@
-"""The benchmark scripts import, their reference corruption does what the TF op does, and
-``python -m benchmarks`` reads the figures the other scripts print.
+"""The benchmark scripts import, their reference corruption does what the TF op does, the
+training benchmark counts FLOPs right, the training and inference benchmarks return their
+figures, and ``python -m benchmarks`` reads the figures the other scripts print.
 
-Nothing is timed here: on a shared machine a timing test would be flaky. ``make bench``
+No speed is asserted here: on a shared machine a timing test would be flaky. ``make bench``
 measures.
 """
 
@@ -11,15 +12,17 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from faults_support import write_params
 from reconad.config import ElasticConfig
 from reconad.corrupt.elastic import elastic_patch_corruption
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("corruption", "knn", "mc_dropout", "__main__")
+BENCHMARKS = ("corruption", "knn", "mc_dropout", "training", "inference", "__main__")
 CFG = ElasticConfig(size_min=0.15, size_max=0.35, sigma=4.0, alpha=50.0)
 
 
@@ -102,3 +105,107 @@ def test_figures_are_read_back_from_printed_text(monkeypatch: pytest.MonkeyPatch
     assert bench.parse_knn_memory(knn_text) == [
         dict(zip(bench.KNN_MEMORY_COLUMNS, [10000, 2.4, 190.7, 20.5, 18.1, 200.0], strict=True))
     ]
+
+
+def two_convs(first_trainable: bool) -> keras.Model:
+    """3x3 convolutions 2 -> 4 -> 3 channels, the first one frozen or not."""
+    inputs = keras.Input((None, None, 2))
+    first = keras.layers.Conv2D(4, 3, padding="same", trainable=first_trainable)
+    outputs = keras.layers.Conv2D(3, 3, padding="same")(first(inputs))
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("first_trainable", [True, False])
+def test_training_step_flops_match_the_convolution_formula(
+    first_trainable: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forward ``2 x H x W x k^2 x C_in x C_out`` per conv and image; a training step adds
+    the kernel gradient of each trainable conv and the input gradient of the second conv
+    only (nothing upstream of the first conv, or of a frozen one, needs a gradient)."""
+    training = import_benchmark("training", monkeypatch)
+    batch, side = 2, 8
+    first = 2 * batch * side * side * 9 * 2 * 4
+    second = 2 * batch * side * side * 9 * 4 * 3
+    x = tf.zeros((batch, side, side, 2))
+    y = tf.zeros((batch, side, side, 3))
+
+    forward, step = training.step_flops(
+        two_convs(first_trainable), keras.losses.MeanSquaredError(), x, y
+    )
+
+    assert forward == first + second
+    assert step == (2 * first + 3 * second if first_trainable else first + 2 * second)
+
+
+def test_matmul_flops_of_a_dense_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    training = import_benchmark("training", monkeypatch)
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, keras.layers.Dense(7)(inputs))
+
+    forward, step = training.step_flops(
+        model, keras.losses.MeanSquaredError(), tf.zeros((3, 5)), tf.zeros((3, 7))
+    )
+
+    assert forward == 2 * 3 * 5 * 7
+    assert step == 2 * forward
+
+
+def test_reference_matmul_side_does_about_the_step_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    training = import_benchmark("training", monkeypatch)
+    assert training.matmul_side(2 * 1024**3) == 1024
+    assert training.matmul_side(1.0) == training.MATMUL_SIDE_RANGE[0]
+    assert training.matmul_side(1e15) == training.MATMUL_SIDE_RANGE[1]
+
+
+def tiny_bench_params(directory: Path) -> Path:
+    """Every family at 64 px, thin networks, a random VGG16 backbone, a 4-image bank."""
+    return write_params(
+        directory,
+        dataset__image_size=64,
+        dataset__textures={"train": 4, "val": 2, "test_good": 2, "test_defect": 2},
+        sdc_ae__schedule=[{"crop": 32, "epochs": 1}],
+        aesc__width=0.125,
+        patch_ae__backbone="random",
+        score__aesc={"map": "residual", "p": 2.0, "mc_passes": 2},
+    )
+
+
+@pytest.mark.slow
+def test_training_benchmark_reports_positive_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    training = import_benchmark("training", monkeypatch)
+    figures = training.run(tiny_bench_params(tmp_path), steps=1)
+
+    rows = {row["variant"]: row for row in figures["variants"]}
+    assert list(rows) == list(training.VARIANTS)
+    assert [rows[name]["crop"] for name in training.VARIANTS] == [32, 64, 64]
+    for row in rows.values():
+        for key in ("ms_per_step", "images_per_s", "forward_gflop", "gflop_per_s"):
+            assert row[key] > 0, (row["variant"], key)
+        assert row["step_over_matmul"] > 0
+        assert row["images_per_s"] == pytest.approx(row["batch"] * 1e3 / row["ms_per_step"])
+    assert 2.5 < rows["sdc_restore"]["step_over_forward"] <= 3.0
+    assert rows["patch_ae"]["step_over_forward"] < 1.5  # the frozen backbone has no backward
+    assert "step/matmul" in training.format_figures(figures)
+
+
+@pytest.mark.slow
+def test_inference_benchmark_reports_positive_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inference = import_benchmark("inference", monkeypatch)
+    figures = inference.run(tiny_bench_params(tmp_path), large_batch=2, repeats=1)
+
+    rows = {row["variant"]: row for row in figures["variants"]}
+    assert list(rows) == list(inference.VARIANTS)
+    assert rows["patch_ae"]["memory_bank"] == 4 * (64 // 8) ** 2
+    assert rows["patch_ae"]["maps"] == ["knn"]
+    assert rows["aesc_stain"]["maps"] == ["residual", "uncertainty"]
+    for row in rows.values():
+        for path in ("detector", "network"):
+            single = row[f"{path}_ms_batch1"]
+            per_image = row[f"{path}_ms_per_image_large"]
+            assert single > 0 and per_image > 0, (row["variant"], path)
+            assert row[f"{path}_large_over_batch1"] == pytest.approx(per_image / single)
+    assert "b2/b1" in inference.format_figures(figures)

@@ -1,0 +1,312 @@
+"""Training throughput per method family, and the FLOP/s it reaches against a plain matmul.
+
+For each variant (default ``sdc_restore``, ``aesc_stain``, ``patch_ae``) at the active
+profile of ``params.yaml``: the real network (``Method.build``), compiled as ``reconad
+train`` compiles it (Adam, ``Method.loss``, ``train.jit_compile``), trained with
+``train_on_batch`` on one fixed batch of ``Method.make_pairs`` output (batch
+``train.batch_size``, crop = the family's largest training crop, one channel like the
+textures dataset; Patch AE uses the offline ``hed_vgg16`` backbone, frozen as in the
+quick profile). It prints ms/step, images/s and the FLOP/s of the step, and the FLOP/s of
+a square float32 ``tf.linalg.matmul`` of about the same work measured just before it.
+
+FLOPs are counted from the TensorFlow graph of one training step (forward, loss and
+``GradientTape`` gradients of the trainable weights, at the exact batch shape): every
+Conv2D, Conv2DBackpropInput, Conv2DBackpropFilter and MatMul op counts ``2 x`` its
+multiply-adds, from its tensor shapes. Element-wise work (batch norm, activations, the
+loss, the Adam update) is not counted, so the FLOP/s is a lower bound. The count is exact
+where the usual ``3 x forward`` rule is not: a frozen backbone has no backward pass and
+the first layer needs no input gradient. Usage::
+
+    python benchmarks/training.py                       # quick profile, 5 timed steps
+    python benchmarks/training.py --variant sdc_restore --crop 64 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from reconad.runtime import configure_environment, seed_everything
+
+configure_environment()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from reconad.config import Params, load_params  # noqa: E402
+from reconad.models import Method, method_class  # noqa: E402
+
+VARIANTS = ("sdc_restore", "aesc_stain", "patch_ae")
+"""One variant per method family."""
+
+CHANNELS = 1
+"""The embedded textures dataset is grey."""
+
+WARMUP_STEPS = 2
+"""Steps run before timing: graph tracing, kernel selection, optimizer slots."""
+
+MATMUL_SIDE_RANGE = (256, 2048)
+"""Bounds of the reference matmul side: big enough to be compute bound, small enough to time."""
+
+MATMUL_SIDE_MULTIPLE = 64
+
+CONV_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
+
+
+def op_flops(op: tf.Operation) -> int:
+    """``2 x`` multiply-adds of one convolution or matmul op from its shapes; 0 otherwise.
+
+    A convolution and both of its gradients do ``|dy| x kh x kw x C_in`` multiply-adds,
+    where ``dy`` is the (forward) convolution output ``(B, H_out, W_out, C_out)`` and the
+    kernel is ``(kh, kw, C_in, C_out)``; a matmul does ``|output| x K``.
+    """
+    if op.type in CONV_OPS:
+        if op.type == "Conv2D":
+            dy, kernel = op.outputs[0].shape, op.inputs[1].shape
+        elif op.type == "Conv2DBackpropInput":
+            dy, kernel = op.inputs[2].shape, op.inputs[1].shape
+        else:
+            dy, kernel = op.inputs[2].shape, op.outputs[0].shape
+        return 2 * dy.num_elements() * kernel[0] * kernel[1] * kernel[2]
+    if op.type == "MatMul":
+        left = op.inputs[0].shape
+        inner = left[0] if op.get_attr("transpose_a") else left[1]
+        return 2 * op.outputs[0].shape.num_elements() * inner
+    return 0
+
+
+def executed_ops(graph: tf.Graph) -> list[tf.Operation]:
+    """The ops of a function graph its outputs depend on: TensorFlow prunes the others.
+
+    ``GradientTape`` also records the backward pass of frozen layers; only the gradients
+    asked for are computed when the function runs.
+    """
+    pending = [tensor.op for tensor in graph.outputs] + list(graph.control_outputs)
+    needed: dict[str, tf.Operation] = {}
+    while pending:
+        op = pending.pop()
+        if op.name in needed:
+            continue
+        needed[op.name] = op
+        pending.extend(tensor.op for tensor in op.inputs)
+        pending.extend(op.control_inputs)
+    return list(needed.values())
+
+
+def graph_flops(graph: tf.Graph) -> int:
+    """Sum of :func:`op_flops` over the executed ops of ``graph`` and the functions it calls.
+
+    Raises:
+        ValueError: a counted op has a shape that is not fully known.
+    """
+    total = 0
+    for op in executed_ops(graph):
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall"):
+            total += graph_flops(graph._get_function(op.get_attr("f").name).graph)
+            continue
+        try:
+            total += op_flops(op)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"cannot count the FLOPs of {op.type} {op.name}: {exc}") from exc
+    return total
+
+
+def step_flops(
+    model: keras.Model,
+    loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    x: tf.Tensor,
+    y: tf.Tensor,
+) -> tuple[int, int]:
+    """FLOPs of one forward pass and of one training step on the batch ``(x, y)``.
+
+    The training step is forward (``training=True``), mean loss, and the gradients of
+    ``model.trainable_variables``, traced at the shapes of ``x`` and ``y``.
+    """
+    weights = model.trainable_variables
+
+    def forward(images: tf.Tensor) -> tf.Tensor:
+        return model(images, training=False)
+
+    def gradients(images: tf.Tensor, targets: tf.Tensor) -> list[tf.Tensor]:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(loss_fn(targets, model(images, training=True)))
+        return tape.gradient(loss, weights)
+
+    x_spec = tf.TensorSpec(x.shape, x.dtype)
+    y_spec = tf.TensorSpec(y.shape, y.dtype)
+    forward_graph = tf.function(forward).get_concrete_function(x_spec).graph
+    step_graph = tf.function(gradients).get_concrete_function(x_spec, y_spec).graph
+    return graph_flops(forward_graph), graph_flops(step_graph)
+
+
+def matmul_side(flops: float) -> int:
+    """Side ``n`` of a square matmul doing about ``flops`` (``2 n^3``), within bounds."""
+    low, high = MATMUL_SIDE_RANGE
+    side = round((flops / 2.0) ** (1.0 / 3.0) / MATMUL_SIDE_MULTIPLE) * MATMUL_SIDE_MULTIPLE
+    return int(min(max(side, low), high))
+
+
+def matmul_flops_per_s(side: int, repeats: int, seed: int) -> float:
+    """FLOP/s of a float32 ``(side, side) @ (side, side)`` in a tf.function (median call)."""
+    rng = np.random.default_rng(seed)
+    a = tf.constant(rng.random((side, side), dtype=np.float32))
+    b = tf.constant(rng.random((side, side), dtype=np.float32))
+    product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
+    seconds = median_seconds(lambda: product().numpy(), repeats)
+    return 2.0 * side**3 / seconds
+
+
+def median_seconds(call: Callable[[], object], repeats: int, warmup: int = WARMUP_STEPS) -> float:
+    """Median wall time of ``repeats`` calls of ``call`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_crop(method: Method) -> int:
+    """The largest crop the family trains on (its last progressive phase)."""
+    return max(phase.crop for phase in method.schedule())
+
+
+def training_batch(method: Method, batch: int, crop: int, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """One ``make_pairs`` batch from random clean crops ``(batch, crop, crop, CHANNELS)``."""
+    levels = np.random.default_rng(seed).integers(0, 256, (batch, crop, crop, CHANNELS))
+    clean = tf.constant((levels / 255.0).astype(np.float32))
+    return method.make_pairs(clean, tf.constant([seed, 0], tf.int64))
+
+
+def compiled_model(params: Params, method: Method) -> keras.Model:
+    """The network compiled as ``reconad.train`` compiles it (Adam, the method's loss)."""
+    model = method.build()
+    model.compile(
+        optimizer=keras.optimizers.Adam(params.train.learning_rate),
+        loss=method.loss(),
+        jit_compile=params.train.jit_compile,
+    )
+    return model
+
+
+def measure_variant(
+    params_path: Path | str, variant: str, steps: int, crop: int | None, seed: int
+) -> dict[str, Any]:
+    """Time ``steps`` training steps of ``variant`` and count their FLOPs.
+
+    Returns:
+        One row: sizes, ``ms_per_step``, ``images_per_s``, ``forward_gflop``,
+        ``step_gflop``, ``gflop_per_s``, the reference ``matmul_side`` and
+        ``matmul_gflop_per_s``, and ``step_over_matmul`` (FLOP/s ratio).
+    """
+    params = load_params(params_path, variant)
+    method = method_class(params.variant(variant).method)(params, CHANNELS)
+    crop = training_crop(method) if crop is None else crop
+    method.check_image_size(crop)
+    batch = params.train.batch_size
+    x, y = training_batch(method, batch, crop, seed)
+    model = compiled_model(params, method)
+    forward, step = step_flops(model, method.loss(), x, y)
+    side = matmul_side(step)
+    matmul = matmul_flops_per_s(side, steps, seed)
+    seconds = median_seconds(lambda: model.train_on_batch(x, y), steps)
+    keras.backend.clear_session()
+    return {
+        "variant": variant,
+        "family": method.family,
+        "crop": crop,
+        "batch": batch,
+        "ms_per_step": 1e3 * seconds,
+        "images_per_s": batch / seconds,
+        "forward_gflop": forward / 1e9,
+        "step_gflop": step / 1e9,
+        "step_over_forward": step / forward,
+        "gflop_per_s": step / seconds / 1e9,
+        "matmul_side": side,
+        "matmul_gflop_per_s": matmul / 1e9,
+        "step_over_matmul": step / seconds / matmul,
+    }
+
+
+def run(
+    params_path: Path | str = "params.yaml",
+    steps: int = 5,
+    variants: Iterable[str] = VARIANTS,
+    crop: int | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Measure every variant.
+
+    Args:
+        params_path: the ``params.yaml`` whose active profile sets the sizes.
+        steps: timed training steps (and reference matmuls) per variant.
+        variants: variant names defined in ``params.yaml``.
+        crop: crop side for every variant; default each family's largest training crop.
+        seed: seeds the batches, pairs and weights; default ``params.seed``.
+
+    Returns:
+        The profile, ``steps``, the FLOP-counting method and one row per variant (see
+        :func:`measure_variant`).
+    """
+    if steps < 1:
+        raise ValueError(f"Expected steps >= 1, Received: steps={steps}")
+    params = load_params(params_path)
+    seed = params.seed if seed is None else seed
+    seed_everything(seed)
+    rows = [measure_variant(params_path, name, steps, crop, seed) for name in variants]
+    return {
+        "profile": params.profile,
+        "channels": CHANNELS,
+        "steps": steps,
+        "flops": "conv/matmul ops of the traced training-step graph, 2 x multiply-adds",
+        "variants": rows,
+    }
+
+
+def format_figures(figures: dict[str, Any]) -> str:
+    """The table and ratios of :func:`run` as printable text."""
+    lines = [
+        f"profile {figures['profile']}: {figures['channels']} channel, median of "
+        f"{figures['steps']} train_on_batch steps; FLOPs: {figures['flops']}",
+        f"  {'variant':<12} {'crop':>4} {'batch':>5} {'ms/step':>9} {'img/s':>8} "
+        f"{'GFLOP/step':>10} {'step/fwd':>8} {'GFLOP/s':>8} {'matmul n':>8} "
+        f"{'matmul GFLOP/s':>14} {'step/matmul':>11}",
+    ]
+    for row in figures["variants"]:
+        lines.append(
+            f"  {row['variant']:<12} {row['crop']:>4} {row['batch']:>5} "
+            f"{row['ms_per_step']:>9.1f} {row['images_per_s']:>8.1f} "
+            f"{row['step_gflop']:>10.2f} {row['step_over_forward']:>7.2f}x "
+            f"{row['gflop_per_s']:>8.1f} {row['matmul_side']:>8} "
+            f"{row['matmul_gflop_per_s']:>14.1f} {row['step_over_matmul']:>10.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
+    parser.add_argument(
+        "--variant", action="append", help=f"repeatable; default: {', '.join(VARIANTS)}"
+    )
+    parser.add_argument("--crop", type=int, default=None, help="default: largest training crop")
+    parser.add_argument("--seed", type=int, default=None, help="default: params seed")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
+    figures = run(args.params, args.steps, args.variant or VARIANTS, args.crop, args.seed)
+    print(format_figures(figures))
+
+
+if __name__ == "__main__":
+    main()
