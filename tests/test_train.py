@@ -1,13 +1,17 @@
-"""Training callbacks: early stopping only where a variant asks for it."""
+"""Training set-up: early stopping only where a variant asks for it; mixed precision."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import keras
+import numpy as np
+import pytest
+import tensorflow as tf
 
 from reconad.config import load_params
-from reconad.train import phase_callbacks
+from reconad.models import method_class
+from reconad.train import dtype_policy, phase_callbacks
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -40,3 +44,32 @@ def test_only_the_contrast_variant_stops_early_in_the_repo_params() -> None:
         "aesc_stain": None,
         "patch_ae": None,
     }
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_mixed_precision_builds_float16_layers_and_leaves_the_global_policy(
+    mixed: bool,
+) -> None:
+    params = load_params(REPO_PARAMS, "sdc_restore")
+    method = method_class("sdc_ae")(params, 1)
+    with dtype_policy(mixed):
+        model = method.build()
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    hidden = [layer for layer in convs if layer.name != "reconstruction"]
+    assert {layer.compute_dtype for layer in hidden} == {"float16" if mixed else "float32"}
+    assert {layer.variable_dtype for layer in convs} == {"float32"}
+    assert model.get_layer("reconstruction").compute_dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_a_mixed_precision_training_step_has_a_finite_float32_loss() -> None:
+    params = load_params(REPO_PARAMS, "sdc_restore")
+    method = method_class("sdc_ae")(params, 1)
+    with dtype_policy(True):
+        model = method.build()
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=method.loss())
+    clean = tf.random.stateless_uniform((2, 32, 32, 1), seed=(1, 2))
+    x, y = method.make_pairs(clean, tf.constant([3, 4], dtype=tf.int64))
+    loss = model.train_on_batch(x, y)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert np.isfinite(loss)

@@ -10,11 +10,13 @@ it runs the stage again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,7 @@ def train(
     key = run_key(params, variant, category, data)
     checkpoints = checkpoint_root / variant / category / key
     strategy = distribution_strategy(params.train.distribute)
-    with strategy.scope():
+    with strategy.scope(), dtype_policy(params.train.mixed_precision):
         model = method.build()
         model.compile(
             optimizer=keras.optimizers.Adam(params.train.learning_rate),
@@ -83,6 +85,22 @@ def train(
         tracking.log_artifacts(out_dir / paths.MODEL_SUBDIR, "model")
     shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainResult(out_dir, epochs_run, losses, run_id)
+
+
+@contextlib.contextmanager
+def dtype_policy(mixed_precision: bool) -> Iterator[None]:
+    """Build layers under ``mixed_float16`` when asked (GPUs with tensor cores), restoring
+    the global Keras policy afterwards so that other code in the process is unaffected.
+
+    Keras then wraps the optimizer in a LossScaleOptimizer, and the losses still compute in
+    float32. On a CPU mixed precision is slower: keep it off there.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def make_method(params: Params, variant: str, channels: int) -> Method:
