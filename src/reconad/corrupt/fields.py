@@ -1,7 +1,7 @@
 """Gaussian blur, smooth random displacement fields and bilinear warping in pure TensorFlow.
 
 Shared by the corruption ops so that they run inside ``tf.data`` (and on a GPU) without
-NumPy or ``py_function``. Shapes may be dynamic: batch, height and width are read with
+NumPy or Python callbacks. Shapes may be dynamic: batch, height and width are read with
 ``tf.shape`` at run time; only ``sigma`` (and hence the kernel length) is static.
 """
 
