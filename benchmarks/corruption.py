@@ -38,6 +38,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.common import random_images  # noqa: E402
 from reconad.config import ElasticConfig, Params, load_params  # noqa: E402
 from reconad.corrupt.elastic import (  # noqa: E402
     DISK_FADE,
@@ -49,6 +50,7 @@ from reconad.corrupt.fields import TRUNCATE  # noqa: E402
 from reconad.data.pipeline import training_dataset  # noqa: E402
 from reconad.errors import ConfigError  # noqa: E402
 from reconad.models.sdc_ae import SdcAe  # noqa: E402
+from reconad.train import compiled_model  # noqa: E402
 
 CHANNELS = 1
 """The embedded textures dataset is grey."""
@@ -207,12 +209,6 @@ def _fallback(image: np.ndarray, top: int, left: int, side: int) -> tuple[np.nda
     return mask[..., None] * shifted + (1.0 - mask[..., None]) * image, mask
 
 
-def random_images(count: int, size: int, seed: int) -> np.ndarray:
-    """``(count, size, size, CHANNELS)`` float32 with uint8 levels, like decoded PNGs."""
-    levels = np.random.default_rng(seed).integers(0, 256, (count, size, size, CHANNELS))
-    return (levels / 255.0).astype(np.float32)
-
-
 def rate(step: Callable[[], object], steps: int, images_per_step: int) -> float:
     """Images per second of ``steps`` calls of ``step``, after ``WARMUP_BATCHES`` calls."""
     for _ in range(WARMUP_BATCHES):
@@ -265,17 +261,6 @@ def _random_crops(
     )
 
 
-def compiled_model(params: Params, method: SdcAe) -> keras.Model:
-    """The SDC-AE compiled as ``reconad.train`` compiles it (Adam, the method's loss)."""
-    model = method.build()
-    model.compile(
-        optimizer=keras.optimizers.Adam(params.train.learning_rate),
-        loss=method.loss(),
-        jit_compile=params.train.jit_compile,
-    )
-    return model
-
-
 def training_rate(model: keras.Model, pairs: tuple[tf.Tensor, tf.Tensor], batches: int) -> float:
     """Images/s of ``train_on_batch`` on one fixed batch of pairs."""
     inputs, targets = pairs
@@ -309,7 +294,7 @@ def run(
     crops = sorted({schedule[0].crop, schedule[-1].crop} if crops is None else set(crops))
     method = SdcAe(params, CHANNELS)
     method.check_image_size(params.dataset.image_size)
-    images = random_images(SOURCE_IMAGES, params.dataset.image_size, seed)
+    images = random_images(SOURCE_IMAGES, params.dataset.image_size, seed, CHANNELS)
     model = compiled_model(params, method)
     rows = []
     for crop in crops:

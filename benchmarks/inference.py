@@ -21,10 +21,8 @@ bank holds random non-negative vectors, as many as the encoder gives for
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.common import median_seconds, random_images  # noqa: E402
 from reconad.config import Params, load_params  # noqa: E402
 from reconad.memory_bank import MEMORY_BANK_FILE, build_bank, save_bank  # noqa: E402
 from reconad.models import Detector, Method, method_class  # noqa: E402
@@ -49,24 +48,6 @@ CHANNELS = 1
 
 WARMUP_CALLS = 1
 """Untimed calls per batch size: tracing and kernel selection."""
-
-
-def random_images(count: int, size: int, seed: int) -> np.ndarray:
-    """``(count, size, size, CHANNELS)`` float32 with uint8 levels, like decoded PNGs."""
-    levels = np.random.default_rng(seed).integers(0, 256, (count, size, size, CHANNELS))
-    return (levels / 255.0).astype(np.float32)
-
-
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``call`` after ``WARMUP_CALLS`` calls."""
-    for _ in range(WARMUP_CALLS):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def write_random_bank(params: Params, model_dir: Path, seed: int) -> int:
@@ -107,7 +88,7 @@ def measure_variant(
     size = params.dataset.image_size
     method.check_image_size(size)
     model = method.build()
-    images = random_images(large_batch, size, seed)
+    images = random_images(large_batch, size, seed, CHANNELS)
     one = images[:1]
     network = tf.function(
         lambda x: model(x, training=False),
@@ -117,12 +98,12 @@ def measure_variant(
         detector, bank = ready_detector(params, method, model, Path(model_dir), seed)
         timings = {
             "detector": (
-                median_seconds(lambda: detector.anomaly_maps(one), repeats),
-                median_seconds(lambda: detector.anomaly_maps(images), repeats),
+                median_seconds(lambda: detector.anomaly_maps(one), repeats, WARMUP_CALLS),
+                median_seconds(lambda: detector.anomaly_maps(images), repeats, WARMUP_CALLS),
             ),
             "network": (
-                median_seconds(lambda: network(one).numpy(), repeats),
-                median_seconds(lambda: network(images).numpy(), repeats),
+                median_seconds(lambda: network(one).numpy(), repeats, WARMUP_CALLS),
+                median_seconds(lambda: network(images).numpy(), repeats, WARMUP_CALLS),
             ),
         }
     keras.backend.clear_session()

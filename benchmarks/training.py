@@ -24,8 +24,6 @@ the first layer needs no input gradient. Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -38,8 +36,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from reconad.config import Params, load_params  # noqa: E402
+from benchmarks.common import median_seconds  # noqa: E402
+from reconad.config import load_params  # noqa: E402
 from reconad.models import Method, method_class  # noqa: E402
+from reconad.train import compiled_model  # noqa: E402
 
 VARIANTS = ("sdc_restore", "aesc_stain", "patch_ae")
 """One variant per method family."""
@@ -157,20 +157,8 @@ def matmul_flops_per_s(side: int, repeats: int, seed: int) -> float:
     a = tf.constant(rng.random((side, side), dtype=np.float32))
     b = tf.constant(rng.random((side, side), dtype=np.float32))
     product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
-    seconds = median_seconds(lambda: product().numpy(), repeats)
+    seconds = median_seconds(lambda: product().numpy(), repeats, WARMUP_STEPS)
     return 2.0 * side**3 / seconds
-
-
-def median_seconds(call: Callable[[], object], repeats: int, warmup: int = WARMUP_STEPS) -> float:
-    """Median wall time of ``repeats`` calls of ``call`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def training_crop(method: Method) -> int:
@@ -183,17 +171,6 @@ def training_batch(method: Method, batch: int, crop: int, seed: int) -> tuple[tf
     levels = np.random.default_rng(seed).integers(0, 256, (batch, crop, crop, CHANNELS))
     clean = tf.constant((levels / 255.0).astype(np.float32))
     return method.make_pairs(clean, tf.constant([seed, 0], tf.int64))
-
-
-def compiled_model(params: Params, method: Method) -> keras.Model:
-    """The network compiled as ``reconad.train`` compiles it (Adam, the method's loss)."""
-    model = method.build()
-    model.compile(
-        optimizer=keras.optimizers.Adam(params.train.learning_rate),
-        loss=method.loss(),
-        jit_compile=params.train.jit_compile,
-    )
-    return model
 
 
 def measure_variant(
@@ -216,7 +193,7 @@ def measure_variant(
     forward, step = step_flops(model, method.loss(), x, y)
     side = matmul_side(step)
     matmul = matmul_flops_per_s(side, steps, seed)
-    seconds = median_seconds(lambda: model.train_on_batch(x, y), steps)
+    seconds = median_seconds(lambda: model.train_on_batch(x, y), steps, WARMUP_STEPS)
     keras.backend.clear_session()
     return {
         "variant": variant,

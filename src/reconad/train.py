@@ -69,12 +69,7 @@ def train(
     checkpoints = checkpoint_root / variant / category / key
     strategy = distribution_strategy(params.train.distribute)
     with strategy.scope(), dtype_policy(params.train.mixed_precision):
-        model = method.build()
-        model.compile(
-            optimizer=keras.optimizers.Adam(params.train.learning_rate),
-            loss=method.loss(),
-            jit_compile=params.train.jit_compile,
-        )
+        model = compiled_model(params, method)
     tags = {"variant": variant, "category": category, "method": method.family}
     with tracking.training_run(params, f"{variant}/{category}", tags) as run_id:
         tracking.log_params(tracking.flatten(relevant_params(params, method.family)))
@@ -85,6 +80,17 @@ def train(
         tracking.log_artifacts(out_dir / paths.MODEL_SUBDIR, "model")
     shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainResult(out_dir, epochs_run, losses, run_id)
+
+
+def compiled_model(params: Params, method: Method) -> keras.Model:
+    """The method's network compiled for training: Adam and the method's loss."""
+    model = method.build()
+    model.compile(
+        optimizer=keras.optimizers.Adam(params.train.learning_rate),
+        loss=method.loss(),
+        jit_compile=params.train.jit_compile,
+    )
+    return model
 
 
 @contextlib.contextmanager
