@@ -51,6 +51,26 @@ def test_repository_params_are_valid() -> None:
         ({"train__batchsize": 4}, "train.batchsize: unknown key (allowed: augment, batch_size"),
         ({"run__sdc_ae": ["sdc_nope"]}, "run.sdc_ae: unknown variant 'sdc_nope'"),
         ({"profile": "huge"}, "profile: unknown profile 'huge' (allowed: paper, quick)"),
+        (
+            {"run__ensemble": ["sdc_ensemble"]},
+            "run.ensemble: 'sdc_ensemble' needs its member 'sdc_contrast' in run.sdc_ae",
+        ),
+        (
+            {"variants__sdc_ensemble__members": ["sdc_restore"]},
+            "variants.sdc_ensemble.members: an ensemble needs at least 2 variants",
+        ),
+        (
+            {"variants__sdc_ensemble__members": ["sdc_restore", "sdc_nope"]},
+            "variants.sdc_ensemble.members: unknown variant 'sdc_nope'",
+        ),
+        (
+            {"variants__sdc_ensemble__members": ["sdc_restore", "sdc_ensemble"]},
+            "variants.sdc_ensemble.members: 'sdc_ensemble' is itself an ensemble",
+        ),
+        (
+            {"variants__sdc_restore__members": ["sdc_contrast"]},
+            "variants.sdc_restore.members: only an 'ensemble' variant has members",
+        ),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path: Path, change: dict, expected: str) -> None:

@@ -1,8 +1,9 @@
 """The DVC pipeline of ``dvc.yaml`` + ``params.yaml``, as DVC itself resolves and runs it.
 
 Structure: the repository's two files are copied into a scratch git + DVC project with
-every method family switched on (``run.aesc: [aesc_stain]``, ``run.patch_ae: [patch_ae]``)
-and inspected through ``dvc stage list``, ``dvc dag --dot`` and DVC's Python API.
+every method family switched on (``run.aesc: [aesc_stain]``, ``run.patch_ae: [patch_ae]``,
+an ensemble of ``sdc_restore`` and ``aesc_stain``) and inspected through ``dvc stage
+list``, ``dvc dag --dot`` and DVC's Python API.
 
 Behaviour: in a second scratch project every ``cmd`` is replaced by a stub that writes
 fresh content into the stage's outputs (as a real training writes new weights), keeping
@@ -30,9 +31,17 @@ import yaml
 from pipeline_fixtures import REPO_DVC_YAML, repo_params, venv_executable, write_yaml
 from reconad.cli import build_parser
 
-FAMILY_VARIANTS = {"sdc_ae": "sdc_restore", "aesc": "aesc_stain", "patch_ae": "patch_ae"}
+FAMILY_VARIANTS = {
+    "sdc_ae": "sdc_restore",
+    "aesc": "aesc_stain",
+    "patch_ae": "patch_ae",
+    "ensemble": "mixed_ensemble",
+}
+TRAINED_FAMILIES = ("sdc_ae", "aesc", "patch_ae")
+ENSEMBLE_MEMBERS = ["sdc_restore", "aesc_stain"]
 CATEGORIES: tuple[str, ...] = tuple(repo_params()["dataset"]["categories"])
 MATRIX_KINDS = ("train", "calibrate", "evaluate")
+ENSEMBLE_KINDS = ("calibrate", "evaluate")
 UP_TO_DATE = "Data and pipelines are up to date."
 STUB_STAGE = '''"""Stand-in for a reconad stage: fresh content in every output it is given."""
 import json
@@ -54,7 +63,8 @@ def matrix_stages(kind: str, family: str, categories: tuple[str, ...] = CATEGORI
 
 
 def family_stages(family: str, categories: tuple[str, ...] = CATEGORIES) -> set[str]:
-    return set().union(*(matrix_stages(kind, family, categories) for kind in MATRIX_KINDS))
+    kinds = ENSEMBLE_KINDS if family == "ensemble" else MATRIX_KINDS
+    return set().union(*(matrix_stages(kind, family, categories) for kind in kinds))
 
 
 def pipeline_stages(categories: tuple[str, ...] = CATEGORIES) -> set[str]:
@@ -66,6 +76,10 @@ def all_families_params(categories: tuple[str, ...] = CATEGORIES) -> dict[str, A
     """The repository's params with one variant of every method family selected."""
     params = repo_params()
     params["run"] = {family: [variant] for family, variant in FAMILY_VARIANTS.items()}
+    params["variants"][FAMILY_VARIANTS["ensemble"]] = {
+        "method": "ensemble",
+        "members": ENSEMBLE_MEMBERS,
+    }
     params["dataset"]["categories"] = list(categories)
     return params
 
@@ -150,7 +164,7 @@ def stages(project: Path) -> dict[str, StageView]:
 def test_stage_list_names_every_stage(project: Path) -> None:
     listed = dvc(project, "stage", "list", "--name-only").stdout.split()
     assert set(listed) == pipeline_stages()
-    assert len(listed) == 3 + 9 * len(CATEGORIES)
+    assert len(listed) == 3 + (3 * 3 + 2) * len(CATEGORIES)
 
 
 def test_repository_params_resolve(tmp_path: Path) -> None:
@@ -173,7 +187,7 @@ def test_every_cmd_is_a_valid_reconad_call(stages: dict[str, StageView]) -> None
 
 
 def test_only_sdc_training_lists_the_loss(stages: dict[str, StageView]) -> None:
-    for family in FAMILY_VARIANTS:
+    for family in TRAINED_FAMILIES:
         for name in matrix_stages("train", family):
             lists_loss = any(key.split(".")[0] == "loss" for key in stages[name].params)
             assert lists_loss == (family == "sdc_ae"), name
@@ -181,7 +195,8 @@ def test_only_sdc_training_lists_the_loss(stages: dict[str, StageView]) -> None:
 
 def test_training_lists_its_variant_and_profile(stages: dict[str, StageView]) -> None:
     profile = repo_params()["profile"]
-    for family, variant in FAMILY_VARIANTS.items():
+    for family in TRAINED_FAMILIES:
+        variant = FAMILY_VARIANTS[family]
         for name in matrix_stages("train", family):
             assert {family, f"variants.{variant}", f"profiles.{profile}"} <= stages[name].params
 
@@ -197,7 +212,8 @@ def test_every_listed_param_exists(stages: dict[str, StageView]) -> None:
 
 
 def test_evaluation_depends_on_model_and_threshold(stages: dict[str, StageView]) -> None:
-    for family, variant in FAMILY_VARIANTS.items():
+    for family in TRAINED_FAMILIES:
+        variant = FAMILY_VARIANTS[family]
         for category in CATEGORIES:
             model = f"models/{variant}/{category}"
             evaluate = stages[f"evaluate_{family}@{variant}-{category}"]
@@ -205,6 +221,21 @@ def test_evaluation_depends_on_model_and_threshold(stages: dict[str, StageView])
             assert f"data/prepared/{category}" in evaluate.deps
             calibrate = stages[f"calibrate_{family}@{variant}-{category}"]
             assert set(calibrate.outs) == {f"{model}/threshold.json"}
+
+
+def test_ensemble_depends_on_the_models_and_writes_outside_them(
+    stages: dict[str, StageView],
+) -> None:
+    variant = FAMILY_VARIANTS["ensemble"]
+    for category in CATEGORIES:
+        ensemble = f"ensembles/{variant}/{category}"
+        calibrate = stages[f"calibrate_ensemble@{variant}-{category}"]
+        assert {"models", f"data/prepared/{category}"} <= calibrate.deps
+        assert f"variants.{variant}" in calibrate.params
+        assert set(calibrate.outs) == {ensemble}
+        evaluate = stages[f"evaluate_ensemble@{variant}-{category}"]
+        assert {"models", ensemble} <= evaluate.deps
+        assert set(evaluate.outs) == {f"reports/eval/{variant}/{category}"}
 
 
 def test_report_depends_on_every_evaluation(project: Path, stages: dict[str, StageView]) -> None:
@@ -312,7 +343,11 @@ def test_lambda_change_marks_only_sdc_training(history: ReproHistory) -> None:
 
 
 def test_lambda_change_reruns_the_sdc_branch_and_the_report(history: ReproHistory) -> None:
-    assert history.rerun_after_lambda == family_stages("sdc_ae", REPRO_CATEGORIES) | {"report"}
+    """The ensemble has an SDC-AE member, so it is part of the SDC branch."""
+    sdc_branch = family_stages("sdc_ae", REPRO_CATEGORIES) | family_stages(
+        "ensemble", REPRO_CATEGORIES
+    )
+    assert history.rerun_after_lambda == sdc_branch | {"report"}
 
 
 def stages_of(kinds: tuple[str, ...], families: tuple[str, ...]) -> set[str]:
@@ -325,7 +360,7 @@ def stages_of(kinds: tuple[str, ...], families: tuple[str, ...]) -> set[str]:
 
 
 PARAM_CHANGES: list[tuple[str, Any, set[str]]] = [
-    ("score.sdc_ae.sigma", 3.0, stages_of(("calibrate", "evaluate"), ("sdc_ae",))),
+    ("score.sdc_ae.sigma", 3.0, stages_of(ENSEMBLE_KINDS, ("sdc_ae", "ensemble"))),
     ("corruption.model", "drops", stages_of(("train",), ("aesc",))),
     ("corruption.cutpaste.jitter", 0.2, stages_of(("train",), ("patch_ae",))),
     ("evaluate.max_fpr", 0.2, stages_of(("evaluate",), tuple(FAMILY_VARIANTS))),

@@ -20,7 +20,7 @@ from reconad.config import Params
 from reconad.data.layout import load_split
 from reconad.io import atomic_write_json
 from reconad.metrics import connected_components
-from reconad.score import load_trained, score_images
+from reconad.score import load_trained, score_images, variant_model_dir
 
 
 def component_threshold(val_maps: np.ndarray, min_area: int) -> float:
@@ -154,7 +154,7 @@ def calibrate_model(
     Both rules are computed and stored; ``calibrate.rule`` says which one decides.
     The validation map statistics are kept too, to normalise maps for ensembles.
     """
-    model_dir = model_dir or paths.model_dir(variant, category)
+    model_dir = model_dir or variant_model_dir(params, variant, category)
     trained = load_trained(model_dir, params.score)
     val = load_split(paths.prepared_category(category, prepared_dir)).val
     scores = score_images(trained.detector, val)

@@ -281,9 +281,15 @@ class Params(Section):
                         f"'{self.variants[name].method}' variant"
                     )
         for name, variant in self.variants.items():
-            for member in variant.members:
-                if member not in self.variants:
-                    raise ValueError(f"variants.{name}.members: unknown variant '{member}'")
+            _check_members(name, variant, self.variants)
+        running = {name for names in self.run.values() for name in names}
+        for name in self.run.get("ensemble", []):
+            for member in self.variants[name].members:
+                if member not in running:
+                    family = self.variants[member].method
+                    raise ValueError(
+                        f"run.ensemble: '{name}' needs its member '{member}' in run.{family}"
+                    )
         return self
 
     def variant(self, name: str) -> VariantConfig:
@@ -294,6 +300,25 @@ class Params(Section):
                 f"{', '.join(sorted(self.variants))})"
             )
         return self.variants[name]
+
+
+def _check_members(name: str, variant: VariantConfig, variants: dict[str, VariantConfig]) -> None:
+    """An ensemble combines at least two trained (non-ensemble) variants; nothing else has
+    members."""
+    if variant.method != "ensemble":
+        if variant.members:
+            raise ValueError(f"variants.{name}.members: only an 'ensemble' variant has members")
+        return
+    if len(variant.members) < 2:
+        raise ValueError(f"variants.{name}.members: an ensemble needs at least 2 variants")
+    for member in variant.members:
+        if member not in variants:
+            raise ValueError(
+                f"variants.{name}.members: unknown variant '{member}' "
+                f"(defined: {', '.join(sorted(variants))})"
+            )
+        if variants[member].method == "ensemble":
+            raise ValueError(f"variants.{name}.members: '{member}' is itself an ensemble")
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS, variant: str | None = None) -> Params:

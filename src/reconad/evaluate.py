@@ -18,7 +18,7 @@ from reconad.config import Params
 from reconad.data.layout import CategoryData, load_split
 from reconad.io import atomic_dir, atomic_write_json, atomic_write_text
 from reconad.metrics import evaluate_all, pro_curve, roc_curve_points
-from reconad.score import Scores, TrainedModel, load_trained, score_images
+from reconad.score import Scores, TrainedModel, load_trained, score_images, variant_model_dir
 
 METRICS_FILE = paths.EVAL_METRICS_FILE
 CURVES_FILE = paths.EVAL_CURVES_FILE
@@ -37,7 +37,7 @@ def evaluate(
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a calibrated model on the test split of ``category``; returns metrics."""
-    model_dir = model_dir or paths.model_dir(variant, category)
+    model_dir = model_dir or variant_model_dir(params, variant, category)
     out_dir = out_dir or paths.eval_dir(variant, category)
     trained = load_trained(model_dir, params.score)
     calibration = trained.threshold()

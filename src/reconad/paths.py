@@ -10,6 +10,9 @@ RAW_DIR = Path("data/raw")
 DOWNLOADS_DIR = Path("data/downloads")
 PREPARED_DIR = Path("data/prepared")
 MODELS_DIR = Path("models")
+# Ensembles sit outside ``models/``: their DVC stages depend on the whole of ``models/``
+# (DVC cannot list a variant's members as deps), and a dep may not contain the stage's outs.
+ENSEMBLES_DIR = Path("ensembles")
 REPORTS_DIR = Path("reports")
 EVAL_DIR = REPORTS_DIR / "eval"
 
@@ -18,6 +21,7 @@ MODEL_SUBDIR = "model"
 MODEL_FILE = "model.keras"
 MODEL_CONFIG_FILE = "config.json"
 THRESHOLD_FILE = "threshold.json"
+ENSEMBLE_FILE = "ensemble.json"
 
 # Inside an evaluation directory (reports/eval/<variant>/<category>).
 EVAL_METRICS_FILE = "metrics.json"
@@ -32,6 +36,11 @@ def prepared_category(category: str, root: Path = PREPARED_DIR) -> Path:
 
 def model_dir(variant: str, category: str, root: Path = MODELS_DIR) -> Path:
     """``models/<variant>/<category>``: the trained model plus its threshold."""
+    return root / variant / category
+
+
+def ensemble_dir(variant: str, category: str, root: Path = ENSEMBLES_DIR) -> Path:
+    """``ensembles/<variant>/<category>``: the members and their scales, plus the threshold."""
     return root / variant / category
 
 

@@ -2,8 +2,10 @@
 
 A model directory (``models/<variant>/<category>``) holds ``model/`` (weights, the JSON
 description written by training, and any method state such as a memory bank) and,
-once calibrated, ``threshold.json``. Calibrate, evaluate and predict all go through
-:func:`load_trained`, so they score exactly the same way.
+once calibrated, ``threshold.json``. An ensemble directory
+(``ensembles/<variant>/<category>``) holds ``ensemble.json`` instead, naming its member
+model directories. Calibrate, evaluate and predict all go through :func:`load_trained`,
+so they score exactly the same way.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import numpy as np
 from reconad import paths
 from reconad.config import Params, ScoreConfig
 from reconad.errors import DataError, ReconadError
-from reconad.models import Detector, Method, method_class
+from reconad.models import Detector, method_class
 
 
 @dataclass(frozen=True)
 class TrainedModel:
     directory: Path
     description: dict[str, Any]
+    """``image_size``, ``channels``, ``method`` and, for trained networks, ``params``."""
     params: Params
-    method: Method
     detector: Detector
 
     @property
@@ -60,16 +62,29 @@ class Scores:
     """``{map name: (N,)}``."""
 
 
+def variant_model_dir(params: Params, variant: str, category: str) -> Path:
+    """Where the calibrate and evaluate stages find ``variant``: its model or ensemble dir."""
+    if params.variant(variant).method == "ensemble":
+        return paths.ensemble_dir(variant, category)
+    return paths.model_dir(variant, category)
+
+
 def load_trained(model_dir: Path, score: ScoreConfig | None = None) -> TrainedModel:
-    """Load ``models/<variant>/<category>`` as written by ``reconad train``.
+    """Load ``models/<variant>/<category>`` as written by ``reconad train``, or an
+    ensemble directory as written by ``reconad calibrate``.
 
     Args:
-        model_dir: the model directory.
+        model_dir: the model (or ensemble) directory.
         score: how to turn outputs into maps and scores. Calibrate and evaluate pass
             params.yaml's (``score.*`` belongs to them, not to training); ``None`` keeps
             the settings the model was calibrated with, so predict scores the same way.
     """
     model_dir = Path(model_dir)
+    score = score if score is not None else calibrated_score(model_dir)
+    if (model_dir / paths.ENSEMBLE_FILE).exists():
+        from reconad.ensemble import load_ensemble
+
+        return load_ensemble(model_dir, score)
     description_file = model_dir / paths.MODEL_SUBDIR / paths.MODEL_CONFIG_FILE
     if not description_file.exists():
         raise ReconadError(
@@ -78,7 +93,6 @@ def load_trained(model_dir: Path, score: ScoreConfig | None = None) -> TrainedMo
         )
     description = read_json(description_file)
     params = Params.model_validate(description["params"])
-    score = score if score is not None else calibrated_score(model_dir)
     if score is not None:
         params = params.model_copy(update={"score": score})
     method = method_class(description["method"])(params, int(description["channels"]))
@@ -86,7 +100,7 @@ def load_trained(model_dir: Path, score: ScoreConfig | None = None) -> TrainedMo
         model_dir / paths.MODEL_SUBDIR / paths.MODEL_FILE, compile=False
     )
     detector = method.load_detector(model, model_dir / paths.MODEL_SUBDIR)
-    return TrainedModel(model_dir, description, params, method, detector)
+    return TrainedModel(model_dir, description, params, detector)
 
 
 def calibrated_score(model_dir: Path) -> ScoreConfig | None:

@@ -171,6 +171,7 @@ def fit_phases(
             validation_data=val,
             epochs=phase.epochs,
             steps_per_epoch=cfg.steps_per_epoch,
+            shuffle=False,  # tf.data already draws random crops; Keras would only warn
             callbacks=phase_callbacks(backup_dir, cfg.patience, index, epochs_done),
             verbose=2,
         )
