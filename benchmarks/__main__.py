@@ -1,12 +1,13 @@
 """Every speed benchmark in one run, figures collected in ``reports/bench.json``.
 
-``corruption``, ``training`` and ``inference`` run in this process and return their
-figures; ``mc_dropout.py`` and ``knn.py`` only print theirs, so they run as subprocesses
-and their key numbers are read back from the printed text (a figure that cannot be found
-is recorded as null). Each benchmark's text is printed as it finishes; the load average
-is recorded with the figures because other work on the machine slows every rate. Sizes
-are modest so that the whole run stays within minutes on two cores. From the repository
-root (``make bench``)::
+``corruption``, ``training``, ``inference`` and ``pipeline`` (``dvc repro`` in a stubbed
+scratch project and, when it has nothing to do, in this workspace) run in this process and
+return their figures; ``mc_dropout.py`` and ``knn.py`` only print theirs, so they run as
+subprocesses and their key numbers are read back from the printed text (a figure that
+cannot be found is recorded as null). Each benchmark's text is printed as it finishes; the
+load average is recorded with the figures because other work on the machine slows every
+rate. Sizes are modest so that the whole run stays within minutes on two cores. From the
+repository root (``make bench``)::
 
     python -m benchmarks
     python -m benchmarks --batches 10 --train-steps 3 --out /tmp/bench.json
@@ -32,7 +33,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks import corruption, inference, training  # noqa: E402
+from benchmarks import corruption, inference, pipeline, training  # noqa: E402
 from reconad.io import atomic_write_json  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -115,9 +116,17 @@ def machine() -> dict[str, Any]:
 
 
 def run_all(
-    params_path: Path, batches: int, train_steps: int = 5, inference_repeats: int = 3
+    params_path: Path,
+    batches: int,
+    train_steps: int = 5,
+    inference_repeats: int = 3,
+    pipeline_repeats: int = 3,
 ) -> dict[str, Any]:
-    """Run every benchmark, printing each one's text, and return their figures."""
+    """Run every benchmark, printing each one's text, and return their figures.
+
+    The pipeline benchmark reads ``dvc.yaml`` and ``params.yaml`` of the current directory
+    (the repository root), as ``dvc repro`` does, whatever ``params_path`` is.
+    """
     results: dict[str, Any] = {"machine_at_start": machine()}
     started = time.perf_counter()
 
@@ -150,6 +159,10 @@ def run_all(
         "memory": parse_knn_memory(text),
     }
 
+    print("\n== pipeline: `dvc repro` with nothing to do, what loss.lambda re-runs", flush=True)
+    results["pipeline"] = pipeline.run(Path.cwd(), repeats=pipeline_repeats)
+    print(pipeline.format_figures(results["pipeline"]), flush=True)
+
     results["load_average_at_end"] = list(os.getloadavg())
     results["seconds"] = time.perf_counter() - started
     return results
@@ -167,13 +180,18 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--inference-repeats", type=int, default=3, help="timed calls per inference batch size"
     )
+    parser.add_argument(
+        "--pipeline-repeats", type=int, default=3, help="timed no-op `dvc repro` calls"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="figures as JSON")
     return parser.parse_args()
 
 
 def main() -> None:
     args = _arguments()
-    results = run_all(args.params, args.batches, args.train_steps, args.inference_repeats)
+    results = run_all(
+        args.params, args.batches, args.train_steps, args.inference_repeats, args.pipeline_repeats
+    )
     atomic_write_json(args.out, results)
     print(f"\nfigures written to {args.out} ({results['seconds']:.0f} s)")
 

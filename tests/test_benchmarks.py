@@ -1,6 +1,6 @@
 """The benchmark scripts import, their reference corruption does what the TF op does, the
-training benchmark counts FLOPs right, the training and inference benchmarks return their
-figures, and ``python -m benchmarks`` reads the figures the other scripts print.
+training benchmark counts FLOPs right, the training, inference and pipeline benchmarks
+return their figures, and ``python -m benchmarks`` reads the figures the other scripts print.
 
 No speed is asserted here: on a shared machine a timing test would be flaky. ``make bench``
 measures.
@@ -18,31 +18,30 @@ import pytest
 import tensorflow as tf
 
 from faults_support import write_params
+from pipeline_fixtures import REPO_DVC_YAML, repo_params
 from reconad.config import ElasticConfig
 from reconad.corrupt.elastic import elastic_patch_corruption
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("corruption", "knn", "mc_dropout", "training", "inference", "__main__")
+BENCHMARKS = ("corruption", "knn", "mc_dropout", "training", "inference", "pipeline", "__main__")
 CFG = ElasticConfig(size_min=0.15, size_max=0.35, sigma=4.0, alpha=50.0)
 
 
-def import_benchmark(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """``benchmarks.<name>`` imported as ``python -m benchmarks`` does, from the repo root."""
-    monkeypatch.syspath_prepend(str(REPO))
+def import_benchmark(name: str) -> ModuleType:
+    """``benchmarks.<name>`` imported as ``python -m benchmarks`` does, from the repo root
+    (pytest's ``pythonpath`` puts it on ``sys.path``)."""
     return importlib.import_module(f"benchmarks.{name}")
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
-def test_benchmark_imports_without_running(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    module = import_benchmark(name, monkeypatch)
+def test_benchmark_imports_without_running(name: str) -> None:
+    module = import_benchmark(name)
     assert callable(module.main)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_reference_output_is_shaped_like_the_tf_op(
-    channels: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    corruption = import_benchmark("corruption", monkeypatch)
+def test_reference_output_is_shaped_like_the_tf_op(channels: int) -> None:
+    corruption = import_benchmark("corruption")
     images = np.random.default_rng(0).random((2, 32, 32, channels), dtype=np.float32)
     x_hat, x, mask = corruption.reference_corruption(images, CFG, np.random.default_rng(1))
     expected = [t.numpy() for t in elastic_patch_corruption(images, tf.constant([1, 2]), CFG)]
@@ -58,26 +57,26 @@ def test_reference_output_is_shaped_like_the_tf_op(
     assert (np.abs(x_hat - x).sum(axis=(1, 2, 3)) > 0).all()
 
 
-def test_reference_masks_cover_as_much_as_the_tf_op(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reference_masks_cover_as_much_as_the_tf_op() -> None:
     """Same patch counts and sizes: mean mask coverage of 64 images within 25% of the op's."""
-    corruption = import_benchmark("corruption", monkeypatch)
+    corruption = import_benchmark("corruption")
     images = np.random.default_rng(0).random((64, 32, 32, 1), dtype=np.float32)
     ours = corruption.reference_corruption(images, CFG, np.random.default_rng(2))[2]
     theirs = elastic_patch_corruption(images, tf.constant([3, 4]), CFG)[2].numpy()
     assert ours.mean() == pytest.approx(theirs.mean(), rel=0.25)
 
 
-def test_reference_falls_back_on_a_flat_image(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reference_falls_back_on_a_flat_image() -> None:
     """Elastic deformation cannot change a flat image: the brightness fallback must."""
-    corruption = import_benchmark("corruption", monkeypatch)
+    corruption = import_benchmark("corruption")
     flat = np.full((2, 32, 32, 1), 0.7, np.float32)
     x_hat, x, mask = corruption.reference_corruption(flat, CFG, np.random.default_rng(3))
     np.testing.assert_allclose(x_hat, x - corruption.FALLBACK_SHIFT * mask, atol=1e-6)
     assert (mask.max(axis=(1, 2, 3)) == 1.0).all()
 
 
-def test_figures_are_read_back_from_printed_text(monkeypatch: pytest.MonkeyPatch) -> None:
-    bench = import_benchmark("__main__", monkeypatch)
+def test_figures_are_read_back_from_printed_text() -> None:
+    bench = import_benchmark("__main__")
     knn_text = (
         "bank 50000 x 64, 5000 queries, chunk 4096\n"
         "  reconad chunked TF kNN :    0.250 s\n"
@@ -116,13 +115,11 @@ def two_convs(first_trainable: bool) -> keras.Model:
 
 
 @pytest.mark.parametrize("first_trainable", [True, False])
-def test_training_step_flops_match_the_convolution_formula(
-    first_trainable: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_training_step_flops_match_the_convolution_formula(first_trainable: bool) -> None:
     """Forward ``2 x H x W x k^2 x C_in x C_out`` per conv and image; a training step adds
     the kernel gradient of each trainable conv and the input gradient of the second conv
     only (nothing upstream of the first conv, or of a frozen one, needs a gradient)."""
-    training = import_benchmark("training", monkeypatch)
+    training = import_benchmark("training")
     batch, side = 2, 8
     first = 2 * batch * side * side * 9 * 2 * 4
     second = 2 * batch * side * side * 9 * 4 * 3
@@ -137,8 +134,8 @@ def test_training_step_flops_match_the_convolution_formula(
     assert step == (2 * first + 3 * second if first_trainable else first + 2 * second)
 
 
-def test_matmul_flops_of_a_dense_layer(monkeypatch: pytest.MonkeyPatch) -> None:
-    training = import_benchmark("training", monkeypatch)
+def test_matmul_flops_of_a_dense_layer() -> None:
+    training = import_benchmark("training")
     inputs = keras.Input((5,))
     model = keras.Model(inputs, keras.layers.Dense(7)(inputs))
 
@@ -150,8 +147,8 @@ def test_matmul_flops_of_a_dense_layer(monkeypatch: pytest.MonkeyPatch) -> None:
     assert step == 2 * forward
 
 
-def test_reference_matmul_side_does_about_the_step_work(monkeypatch: pytest.MonkeyPatch) -> None:
-    training = import_benchmark("training", monkeypatch)
+def test_reference_matmul_side_does_about_the_step_work() -> None:
+    training = import_benchmark("training")
     assert training.matmul_side(2 * 1024**3) == 1024
     assert training.matmul_side(1.0) == training.MATMUL_SIDE_RANGE[0]
     assert training.matmul_side(1e15) == training.MATMUL_SIDE_RANGE[1]
@@ -171,10 +168,8 @@ def tiny_bench_params(directory: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_training_benchmark_reports_positive_figures(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    training = import_benchmark("training", monkeypatch)
+def test_training_benchmark_reports_positive_figures(tmp_path: Path) -> None:
+    training = import_benchmark("training")
     figures = training.run(tiny_bench_params(tmp_path), steps=1)
 
     rows = {row["variant"]: row for row in figures["variants"]}
@@ -191,10 +186,8 @@ def test_training_benchmark_reports_positive_figures(
 
 
 @pytest.mark.slow
-def test_inference_benchmark_reports_positive_figures(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    inference = import_benchmark("inference", monkeypatch)
+def test_inference_benchmark_reports_positive_figures(tmp_path: Path) -> None:
+    inference = import_benchmark("inference")
     figures = inference.run(tiny_bench_params(tmp_path), large_batch=2, repeats=1)
 
     rows = {row["variant"]: row for row in figures["variants"]}
@@ -209,3 +202,74 @@ def test_inference_benchmark_reports_positive_figures(
             assert single > 0 and per_image > 0, (row["variant"], path)
             assert row[f"{path}_large_over_batch1"] == pytest.approx(per_image / single)
     assert "b2/b1" in inference.format_figures(figures)
+
+
+def test_sdc_branch_is_sdc_ae_and_ensemble_stages_plus_report() -> None:
+    pipeline = import_benchmark("pipeline")
+    names = {
+        "fetch",
+        "prepare",
+        "train_sdc_ae@sdc_restore-brick",
+        "evaluate_sdc_ae@sdc_contrast-grass",
+        "train_aesc@aesc_stain-brick",
+        "calibrate_patch_ae@patch_ae-brick",
+        "calibrate_ensemble@sdc_ensemble-brick",
+        "evaluate_ensemble@sdc_ensemble-brick",
+        "report",
+    }
+    assert pipeline.sdc_branch(names) == {
+        "train_sdc_ae@sdc_restore-brick",
+        "evaluate_sdc_ae@sdc_contrast-grass",
+        "calibrate_ensemble@sdc_ensemble-brick",
+        "evaluate_ensemble@sdc_ensemble-brick",
+        "report",
+    }
+
+
+@pytest.mark.slow
+def test_pipeline_benchmark_reruns_the_sdc_branch() -> None:
+    """One category: 3 + (2 SDC-AE x 3 + AESc 3 + Patch AE 3 + ensemble 2) stages."""
+    pipeline = import_benchmark("pipeline")
+    figures = pipeline.measure_scratch(REPO, repeats=1, categories=["brick"])
+
+    assert figures["stages"] == figures["first_repro_ran"] == 3 + 2 * 3 + 3 + 3 + 2
+    assert figures["noop_ran"] == [] and figures["noop_kept_lock"]
+    assert figures["lambda_rerun_is_sdc_branch"]
+    assert figures["lambda_rerun"] == sorted(
+        [
+            f"{kind}_sdc_ae@{variant}-brick"
+            for kind in ("train", "calibrate", "evaluate")
+            for variant in ("sdc_restore", "sdc_contrast")
+        ]
+        + ["calibrate_ensemble@sdc_ensemble-brick", "evaluate_ensemble@sdc_ensemble-brick"]
+        + ["report"]
+    )
+    assert figures["noop_repro_s"] > 0 and figures["full_stub_repro_s"] > 0
+    assert figures["noop_over_full"] == figures["noop_repro_s"] / figures["full_stub_repro_s"]
+    assert "exactly the SDC branch + report: yes" in pipeline.format_figures(
+        {"scratch": figures, "workspace": {"skipped": "test"}}
+    )
+
+
+@pytest.mark.slow
+def test_workspace_repro_is_timed_only_when_up_to_date(tmp_path: Path) -> None:
+    """A stub project stands in for the workspace: skipped before its first repro."""
+    pipeline = import_benchmark("pipeline")
+    dvc_stub = import_benchmark("dvc_stub")
+    params = repo_params()
+    params["dataset"]["categories"] = ["brick"]
+    params["run"] = {"sdc_ae": ["sdc_restore"], "aesc": [], "patch_ae": [], "ensemble": []}
+    project = dvc_stub.new_project(tmp_path / "project", REPO_DVC_YAML, params)
+    dvc_stub.stub_pipeline(project, dvc_stub.resolved_stages(project))
+
+    skipped = pipeline.measure_workspace(project, reference_s=1.0, repeats=1)
+    assert skipped["noop_repro_s"] is None
+    assert skipped["skipped"].startswith("not up to date (6 stages to run")
+    assert not (project / "dvc.lock").exists()
+
+    dvc_stub.dvc(project, "repro")
+    timed = pipeline.measure_workspace(project, reference_s=2.0, repeats=1)
+    assert timed["skipped"] is None
+    assert timed["stages"] == 6
+    assert timed["noop_ran"] == [] and timed["noop_kept_lock"]
+    assert timed["noop_over_full_stub"] == timed["noop_repro_s"] / 2.0

@@ -7,28 +7,35 @@ list``, ``dvc dag --dot`` and DVC's Python API.
 
 Behaviour: in a second scratch project every ``cmd`` is replaced by a stub that writes
 fresh content into the stage's outputs (as a real training writes new weights), keeping
-deps, params and outs. ``dvc repro`` then shows which stages a params change re-runs,
-in seconds and without TensorFlow.
+deps, params and outs (``benchmarks/dvc_stub.py``, shared with ``make bench``). ``dvc
+repro`` then shows which stages a params change re-runs, in seconds and without TensorFlow.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from benchmarks.dvc_stub import (
+    UP_TO_DATE,
+    Output,
+    StageView,
+    changed_stages,
+    dvc,
+    new_project,
+    ran_stages,
+    resolved_stages,
+    stub_pipeline,
+)
 
-from pipeline_fixtures import REPO_DVC_YAML, repo_params, venv_executable, write_yaml
+from pipeline_fixtures import REPO_DVC_YAML, repo_params, write_yaml
 from reconad.cli import build_parser
 
 FAMILY_VARIANTS = {
@@ -42,19 +49,6 @@ ENSEMBLE_MEMBERS = ["sdc_restore", "aesc_stain"]
 CATEGORIES: tuple[str, ...] = tuple(repo_params()["dataset"]["categories"])
 MATRIX_KINDS = ("train", "calibrate", "evaluate")
 ENSEMBLE_KINDS = ("calibrate", "evaluate")
-UP_TO_DATE = "Data and pipelines are up to date."
-STUB_STAGE = '''"""Stand-in for a reconad stage: fresh content in every output it is given."""
-import json
-import sys
-import uuid
-from pathlib import Path
-
-for name in sys.argv[1:]:
-    path = Path(name)
-    target = path if path.suffix else path / "stub.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps({"token": uuid.uuid4().hex}))
-'''
 
 
 def matrix_stages(kind: str, family: str, categories: tuple[str, ...] = CATEGORIES) -> set[str]:
@@ -84,76 +78,11 @@ def all_families_params(categories: tuple[str, ...] = CATEGORIES) -> dict[str, A
     return params
 
 
-def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
-    """``dvc <args>`` in ``project`` with the DVC of this interpreter's environment."""
-    completed = subprocess.run(
-        [str(venv_executable("dvc")), *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
-    )
-    command = " ".join(args)
-    assert completed.returncode == 0, f"dvc {command}:\n{completed.stdout}\n{completed.stderr}"
-    return completed
-
-
-def new_project(root: Path, params: dict[str, Any]) -> Path:
-    """A git + DVC project holding the repository's dvc.yaml and ``params``."""
-    root.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True, timeout=60)
-    dvc(root, "init", "-q")
-    dvc(root, "config", "core.analytics", "false")
-    shutil.copy(REPO_DVC_YAML, root / "dvc.yaml")
-    write_yaml(root / "params.yaml", params)
-    return root
-
-
-@dataclass(frozen=True)
-class Output:
-    cache: bool
-    metric: bool
-    plot: bool
-
-
-@dataclass(frozen=True)
-class StageView:
-    """A resolved stage (matrix expanded, ``${...}`` substituted) as plain data."""
-
-    cmd: str
-    deps: frozenset[str]
-    params: frozenset[str]
-    outs: dict[str, Output]
-
-
-def resolved_stages(project: Path) -> dict[str, StageView]:
-    from dvc.dependency.param import ParamsDependency
-    from dvc.repo import Repo
-
-    with Repo(str(project)) as repo:
-        return {
-            stage.name: StageView(
-                cmd=stage.cmd,
-                deps=frozenset(
-                    d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)
-                ),
-                params=frozenset(
-                    key for d in stage.deps if isinstance(d, ParamsDependency) for key in d.params
-                ),
-                outs={
-                    o.def_path: Output(bool(o.use_cache), bool(o.metric), bool(o.plot))
-                    for o in stage.outs
-                },
-            )
-            for stage in repo.index.stages
-        }
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return new_project(tmp_path_factory.mktemp("dag") / "project", all_families_params())
+    return new_project(
+        tmp_path_factory.mktemp("dag") / "project", REPO_DVC_YAML, all_families_params()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +98,7 @@ def test_stage_list_names_every_stage(project: Path) -> None:
 
 def test_repository_params_resolve(tmp_path: Path) -> None:
     """The committed params (empty aesc and patch_ae lists) give a valid DAG too."""
-    bare = new_project(tmp_path / "bare", repo_params())
+    bare = new_project(tmp_path / "bare", REPO_DVC_YAML, repo_params())
     listed = set(dvc(bare, "stage", "list", "--name-only").stdout.split())
     selected = {f for f, variants in repo_params()["run"].items() if variants}
     assert listed == {"fetch", "prepare", "report"}.union(*map(family_stages, selected))
@@ -256,46 +185,6 @@ def test_report_metrics_and_plots_stay_in_the_workspace(stages: dict[str, StageV
     assert outs["reports/report.html"].cache and outs["reports/report.md"].cache
 
 
-def stub_pipeline(project: Path, stages: dict[str, StageView]) -> None:
-    """Replace every ``cmd`` of ``project/dvc.yaml`` by the stub stage, in place.
-
-    The stub gets the stage's outs (still ``${item...}`` templates that DVC fills in) plus,
-    for a plain stage, the deps of later stages inside its outs (``data/prepared/<cat>``).
-    Source files the stages depend on become placeholders.
-    """
-    (project / "stub_stage.py").write_text(STUB_STAGE, encoding="utf-8")
-    definition = yaml.safe_load(REPO_DVC_YAML.read_text(encoding="utf-8"))
-    every_dep = {dep for stage in stages.values() for dep in stage.deps}
-    every_out = {out for stage in stages.values() for out in stage.outs}
-    for name, stage in definition["stages"].items():
-        paths = [
-            entry if isinstance(entry, str) else next(iter(entry))
-            for key in ("outs", "metrics", "plots")
-            for entry in stage.get(key, [])
-        ]
-        if name in stages:
-            paths += sorted(d for d in every_dep if any(inside(d, o) for o in stages[name].outs))
-        stage["cmd"] = shlex.join([sys.executable, "stub_stage.py", *paths])
-    write_yaml(project / "dvc.yaml", definition)
-    for dep in every_dep:
-        if not any(dep == o or inside(dep, o) or inside(o, dep) for o in every_out):
-            (project / dep).parent.mkdir(parents=True, exist_ok=True)
-            (project / dep).write_text("# placeholder\n", encoding="utf-8")
-
-
-def inside(path: str, folder: str) -> bool:
-    return Path(folder) in Path(path).parents
-
-
-def ran_stages(repro: subprocess.CompletedProcess) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", repro.stdout))
-
-
-def changed_stages(project: Path) -> dict[str, Any]:
-    """``dvc status --json``: the stages whose deps or params differ from dvc.lock."""
-    return json.loads(dvc(project, "status", "--json").stdout or "{}")
-
-
 REPRO_CATEGORIES = CATEGORIES[:2]  # two are enough to see per-category stages; faster
 
 
@@ -313,7 +202,7 @@ class ReproHistory:
 def history(tmp_path_factory: pytest.TempPathFactory) -> ReproHistory:
     """Stubbed pipeline: full repro, repro again, then ``loss.lambda`` changed: status, repro."""
     params = all_families_params(REPRO_CATEGORIES)
-    project = new_project(tmp_path_factory.mktemp("repro") / "project", params)
+    project = new_project(tmp_path_factory.mktemp("repro") / "project", REPO_DVC_YAML, params)
     stub_pipeline(project, resolved_stages(project))
     first = ran_stages(dvc(project, "repro"))
     start = time.perf_counter()

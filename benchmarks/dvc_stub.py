@@ -1,0 +1,190 @@
+"""The DVC pipeline in a scratch project, with every stage's command replaced by a stub.
+
+A stub writes fresh content into the stage's outputs (as a real training writes new
+weights) and keeps its deps, params and outs, so ``dvc repro`` decides what to re-run
+exactly as it does for the real pipeline, in seconds and without TensorFlow. Shared by
+``tests/test_dvc_dag.py`` (which stages a params change re-runs) and
+``benchmarks/pipeline.py`` (how long DVC itself takes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconad.errors import ReconadError
+
+UP_TO_DATE = "Data and pipelines are up to date."
+"""What ``dvc repro`` prints when no stage has anything to do."""
+
+DVC_TIMEOUT_S = 300
+"""Longest a single ``dvc`` call may take: a full stub repro of every family takes < 1 min."""
+
+STUB_STAGE = '''"""Stand-in for a reconad stage: fresh content in every output it is given."""
+import json
+import sys
+import uuid
+from pathlib import Path
+
+for name in sys.argv[1:]:
+    path = Path(name)
+    target = path if path.suffix else path / "stub.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"token": uuid.uuid4().hex}))
+'''
+
+
+class DvcCommandError(ReconadError):
+    """A ``dvc`` call exited non-zero; the message holds what it printed."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """How DVC keeps one output: in its cache, and whether it is a metric or a plot."""
+
+    cache: bool
+    metric: bool
+    plot: bool
+
+
+@dataclass(frozen=True)
+class StageView:
+    """A resolved stage (matrix expanded, ``${...}`` substituted) as plain data."""
+
+    cmd: str
+    deps: frozenset[str]
+    params: frozenset[str]
+    outs: dict[str, Output]
+
+
+def dvc_executable() -> Path:
+    """The ``dvc`` console script next to this interpreter (``.venv/bin/dvc``)."""
+    return Path(sys.executable).parent / "dvc"
+
+
+def dvc(project: Path, *args: str, timeout: float = DVC_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``dvc <args>`` in ``project`` with the DVC of this interpreter's environment.
+
+    Analytics are off so that no call waits on the network.
+
+    Raises:
+        DvcCommandError: DVC exited non-zero.
+    """
+    completed = subprocess.run(
+        [str(dvc_executable()), *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
+    if completed.returncode:
+        raise DvcCommandError(
+            f"dvc {' '.join(args)} in {project} exited with {completed.returncode}:\n"
+            f"{completed.stdout}\n{completed.stderr}"
+        )
+    return completed
+
+
+def write_params(project: Path, params: dict[str, Any]) -> Path:
+    """``params`` as ``project/params.yaml``, keys in their given order."""
+    path = project / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def new_project(root: Path, dvc_yaml: Path, params: dict[str, Any]) -> Path:
+    """A fresh git + DVC project at ``root`` holding a copy of ``dvc_yaml`` and ``params``.
+
+    Raises:
+        FileExistsError: ``root`` already exists.
+    """
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True, timeout=60)
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.analytics", "false")
+    shutil.copy(dvc_yaml, root / "dvc.yaml")
+    write_params(root, params)
+    return root
+
+
+def resolved_stages(project: Path) -> dict[str, StageView]:
+    """Every stage of ``project`` as DVC's Python API resolves it, by stage name."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return {
+            stage.name: StageView(
+                cmd=stage.cmd,
+                deps=frozenset(
+                    d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)
+                ),
+                params=frozenset(
+                    key for d in stage.deps if isinstance(d, ParamsDependency) for key in d.params
+                ),
+                outs={
+                    o.def_path: Output(bool(o.use_cache), bool(o.metric), bool(o.plot))
+                    for o in stage.outs
+                },
+            )
+            for stage in repo.index.stages
+        }
+
+
+def inside(path: str, folder: str) -> bool:
+    """Whether ``path`` lies strictly below ``folder`` (both relative to the project)."""
+    return Path(folder) in Path(path).parents
+
+
+def stub_pipeline(project: Path, stages: dict[str, StageView]) -> None:
+    """Replace every ``cmd`` of ``project/dvc.yaml`` by the stub stage, in place.
+
+    The stub gets the stage's outs (still ``${item...}`` templates that DVC fills in) plus,
+    for a plain stage, the deps of later stages inside its outs (``data/prepared/<cat>``).
+    Source files the stages depend on become placeholders.
+
+    Args:
+        project: a project made by :func:`new_project`.
+        stages: its stages, from :func:`resolved_stages` before stubbing.
+    """
+    (project / "stub_stage.py").write_text(STUB_STAGE, encoding="utf-8")
+    dvc_yaml = project / "dvc.yaml"
+    definition = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))
+    every_dep = {dep for stage in stages.values() for dep in stage.deps}
+    every_out = {out for stage in stages.values() for out in stage.outs}
+    for name, stage in definition["stages"].items():
+        paths = [
+            entry if isinstance(entry, str) else next(iter(entry))
+            for key in ("outs", "metrics", "plots")
+            for entry in stage.get(key, [])
+        ]
+        if name in stages:
+            paths += sorted(d for d in every_dep if any(inside(d, o) for o in stages[name].outs))
+        stage["cmd"] = shlex.join([sys.executable, "stub_stage.py", *paths])
+    dvc_yaml.write_text(yaml.safe_dump(definition, sort_keys=False), encoding="utf-8")
+    for dep in every_dep:
+        if not any(dep == o or inside(dep, o) or inside(o, dep) for o in every_out):
+            (project / dep).parent.mkdir(parents=True, exist_ok=True)
+            (project / dep).write_text("# placeholder\n", encoding="utf-8")
+
+
+def ran_stages(repro: subprocess.CompletedProcess) -> set[str]:
+    """The stages a ``dvc repro`` ran, read from what it printed."""
+    return set(re.findall(r"Running stage '([^']+)'", repro.stdout))
+
+
+def changed_stages(project: Path) -> dict[str, Any]:
+    """``dvc status --json``: the stages whose deps or params differ from dvc.lock."""
+    return json.loads(dvc(project, "status", "--json").stdout or "{}")
