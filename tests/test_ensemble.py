@@ -79,6 +79,7 @@ def test_one_member_is_refused() -> None:
 class EnsembleRun:
     workdir: Path
     results: dict[str, CliResult]
+    no_run_left_open: bool
 
     def json(self, relative: Path | str) -> dict:
         return json.loads((self.workdir / relative).read_text(encoding="utf-8"))
@@ -127,8 +128,10 @@ def ensemble_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnsembleR
             results[name] = run_cli(argv)
         import mlflow
 
+        left_open = mlflow.active_run()
+        mlflow.end_run()
         mlflow.set_tracking_uri(None)
-    yield EnsembleRun(workdir, results)
+    yield EnsembleRun(workdir, results, left_open is None)
 
 
 EXPECTED_FAILURES = ("early calibrate", "train")
@@ -193,6 +196,22 @@ def test_ensemble_is_calibrated_and_evaluated_like_a_model(ensemble_run: Ensembl
     metrics = ensemble_run.json(Path("reports/eval") / ENSEMBLE / TINY_CATEGORY / "metrics.json")
     assert metrics["primary"] == MAP_NAME
     assert 0.0 <= metrics[MAP_NAME]["image_auroc"] <= 1.0
+
+
+def test_test_metrics_go_to_a_run_of_the_ensemble_and_no_run_stays_open(
+    ensemble_run: EnsembleRun,
+) -> None:
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{ensemble_run.workdir / 'mlflow.db'}")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.variant = '{ENSEMBLE}'",
+    )
+    assert len(runs) == 1
+    assert runs[0].data.tags["method"] == "ensemble"
+    assert f"test_{MAP_NAME}_image_auroc" in runs[0].data.metrics
+    assert ensemble_run.no_run_left_open
 
 
 def test_predict_scores_like_evaluate(ensemble_run: EnsembleRun) -> None:

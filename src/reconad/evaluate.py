@@ -53,7 +53,9 @@ def evaluate(
         atomic_write_json(tmp / CURVES_FILE, curves(scores, data, params.evaluate.max_fpr))
         atomic_write_text(tmp / SCORES_FILE, scores_table(scores, data, trained, calibration))
         save_examples(tmp / EXAMPLES_DIR, scores, data, trained, calibration, params)
-    with tracking.resumed_run(params, trained.description.get("mlflow_run_id")):
+    run_id = trained.description.get("mlflow_run_id")
+    tags = {"variant": variant, "category": category, "method": trained.description["method"]}
+    with tracking.evaluation_run(params, run_id, f"{variant}/{category}", tags):
         for name, metrics in results.items():
             tracking.log_metrics(metrics, prefix=f"test_{name}_")
     return summary

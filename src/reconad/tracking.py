@@ -58,20 +58,36 @@ def artifact_location(uri: str) -> str | None:
 
 
 @contextmanager
-def resumed_run(params: Params, run_id: str | None) -> Iterator[None]:
-    """Re-open training run ``run_id`` (no-op when the model has none)."""
+def evaluation_run(
+    params: Params, run_id: str | None, run_name: str, tags: Mapping[str, str]
+) -> Iterator[None]:
+    """Re-open training run ``run_id`` to log test metrics into it.
+
+    A model without one (an ensemble trains nothing) or whose run was deleted gets a run
+    of its own. Logging with no active run would make MLflow start one implicitly and
+    leave it open for whatever runs next in the process.
+    """
     import mlflow
 
-    if not run_id:
-        yield
-        return
     mlflow.set_tracking_uri(tracking_uri(params))
-    try:
+    if run_id and _run_exists(run_id):
         with mlflow.start_run(run_id=run_id):
             yield
-    except mlflow.exceptions.MlflowException as exc:
-        log.warning("MLflow run %s not found (%s); metrics not tracked", run_id, exc)
+        return
+    if run_id:
+        log.warning("MLflow run %s not found; test metrics go to a new run", run_id)
+    with training_run(params, run_name, tags):
         yield
+
+
+def _run_exists(run_id: str) -> bool:
+    import mlflow
+
+    try:
+        mlflow.tracking.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
 def log_params(flat: Mapping[str, Any]) -> None:
