@@ -238,3 +238,35 @@ def test_ensemble_directory_still_loads_after_the_project_moves(
     trained = load_trained(moved / ENSEMBLE_DIR)
     assert trained.detector.map_names == (MAP_NAME,)
     assert trained.image_size == 32
+
+
+def fake_member(root: Path, name: str, image_size: int, std: float) -> None:
+    """The two files ``assemble`` reads from a member: its description and calibration."""
+    model_dir = root / name / TINY_CATEGORY
+    (model_dir / "model").mkdir(parents=True)
+    description = {"method": "sdc_ae", "image_size": image_size, "channels": 1}
+    (model_dir / "model" / "config.json").write_text(json.dumps(description))
+    stats = {"mean": 0.1, "std": std}
+    calibration = {"primary": "residual", "maps": {"residual": {"stats": stats}}}
+    (model_dir / "threshold.json").write_text(json.dumps(calibration))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "stds", "message"),
+    [
+        ((32, 64), (0.1, 0.1), "trained for different image sizes or channels"),
+        ((32, 32), (0.1, 0.0), "is constant on validation images"),
+    ],
+)
+def test_assemble_refuses_members_it_cannot_combine(
+    tmp_path: Path, sizes: tuple[int, int], stds: tuple[float, float], message: str
+) -> None:
+    from reconad.ensemble import assemble
+
+    for name, size, std in zip(MEMBERS, sizes, stds, strict=True):
+        fake_member(tmp_path / "models", name, size, std)
+    params = load_params(write_yaml(tmp_path / "params.yaml", ensemble_params()))
+    out_dir = tmp_path / "ensemble"
+    with pytest.raises(ReconadError, match=message):
+        assemble(params, ENSEMBLE, TINY_CATEGORY, tmp_path / "models", out_dir)
+    assert not (out_dir / "ensemble.json").exists()
