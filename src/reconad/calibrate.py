@@ -18,6 +18,7 @@ import numpy as np
 from reconad import paths
 from reconad.config import Params
 from reconad.data.layout import load_split
+from reconad.ensemble import assemble
 from reconad.io import atomic_write_json
 from reconad.metrics import connected_components
 from reconad.score import load_trained, score_images, variant_model_dir
@@ -152,9 +153,12 @@ def calibrate_model(
     validation normals of ``category`` only, saved as ``threshold.json`` next to it.
 
     Both rules are computed and stored; ``calibrate.rule`` says which one decides.
-    The validation map statistics are kept too, to normalise maps for ensembles.
+    The validation map statistics are kept too, to normalise maps for ensembles. An
+    ensemble variant is first assembled from its calibrated members.
     """
     model_dir = model_dir or variant_model_dir(params, variant, category)
+    if params.variant(variant).method == "ensemble":
+        assemble(params, variant, category, out_dir=model_dir)
     trained = load_trained(model_dir, params.score)
     val = load_split(paths.prepared_category(category, prepared_dir)).val
     scores = score_images(trained.detector, val)

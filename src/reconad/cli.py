@@ -188,13 +188,6 @@ def check_run_variants(params_file: Path, params: Params) -> None:
 
 def run_train(args: argparse.Namespace) -> None:
     params = load(args, args.variant, uses_tensorflow=True)
-    if params.variant(args.variant).method == "ensemble":
-        from reconad.errors import ConfigError
-
-        raise ConfigError(
-            f"{args.variant}: an ensemble is not trained; `reconad calibrate --variant "
-            f"{args.variant}` assembles it from its trained members"
-        )
     from reconad.train import train
 
     result = train(params, args.variant, args.category)
@@ -208,14 +201,9 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> None:
-    """Calibrate a trained model; an ensemble is first assembled from its members."""
     params = load(args, args.variant, uses_tensorflow=True)
     from reconad.calibrate import calibrate_model
 
-    if params.variant(args.variant).method == "ensemble":
-        from reconad.ensemble import assemble
-
-        assemble(params, args.variant, args.category)
     calibrate_model(params, args.variant, args.category)
 
 

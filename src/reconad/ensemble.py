@@ -138,13 +138,10 @@ def load_ensemble(directory: Path, score: ScoreConfig | None) -> TrainedModel:
     """Load an ensemble directory; member paths are relative to it, so the project folder
     can move. Members score with ``score`` (the ensemble's settings), not their own."""
     description = read_json(directory / paths.ENSEMBLE_FILE)
-    loaded = [
-        (load_trained(directory / entry["directory"], score), entry)
-        for entry in description["members"]
-    ]
+    entries = description["members"]
+    trained = [load_trained(directory / entry["directory"], score) for entry in entries]
     members = [
-        Member(trained.detector, entry["map"], float(entry["mean"]), float(entry["std"]))
-        for trained, entry in loaded
+        Member(model.detector, entry["map"], float(entry["mean"]), float(entry["std"]))
+        for model, entry in zip(trained, entries, strict=True)
     ]
-    params = loaded[0][0].params
-    return TrainedModel(directory, description, params, EnsembleDetector(members))
+    return TrainedModel(directory, description, trained[0].params, EnsembleDetector(members))

@@ -57,9 +57,15 @@ def train(
     """Train ``variant`` on the normal images of ``category`` and save it atomically.
 
     Raises:
-        ConfigError: the network cannot take the configured image or crop size.
+        ConfigError: ``variant`` is an ensemble, or the network cannot take the
+            configured image or crop size.
         TrainingError: the loss became NaN.
     """
+    if params.variant(variant).method == "ensemble":
+        raise ConfigError(
+            f"{variant}: an ensemble is not trained; `reconad calibrate --variant "
+            f"{variant}` assembles it from its trained members"
+        )
     out_dir = out_dir or paths.model_dir(variant, category)
     data = load_split(paths.prepared_category(category, prepared_dir))
     method = make_method(params, variant, data.train.shape[-1])
