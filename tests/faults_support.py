@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline_fixtures import in_project
 from reconad.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,11 +211,7 @@ def trained_project(factory: pytest.TempPathFactory) -> Path:
     if "project" not in _CACHE:
         workdir = factory.mktemp("trained")
         write_params(workdir)
-        previous = Path.cwd()
-        previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri(workdir)
-        os.chdir(workdir)
-        try:
+        with in_project(workdir, mlflow_uri(workdir)):
             for argv in (
                 ["fetch"],
                 ["prepare"],
@@ -223,12 +220,6 @@ def trained_project(factory: pytest.TempPathFactory) -> Path:
                 ["evaluate", "--variant", VARIANT, "--category", CATEGORY],
             ):
                 assert main(argv) == 0, argv
-        finally:
-            os.chdir(previous)
-            if previous_uri is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = previous_uri
         _CACHE["project"] = workdir
     return _CACHE["project"]
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +84,22 @@ def run_cli(argv: Sequence[str]) -> CliResult:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(argv))
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def in_project(workdir: Path, tracking_uri: str) -> Iterator[None]:
+    """In-process ``reconad`` calls as a user makes them inside ``workdir``, tracking into
+    ``tracking_uri``.
+
+    The working directory and ``MLFLOW_TRACKING_URI`` are restored afterwards, and so is
+    MLflow's process-wide tracking URI, so that later tests do not write into this store.
+    """
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(None)

@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline_fixtures import TINY_CATEGORY, CliResult, run_cli, tiny_params, write_yaml
+from pipeline_fixtures import (
+    TINY_CATEGORY,
+    CliResult,
+    in_project,
+    run_cli,
+    tiny_params,
+    write_yaml,
+)
 from reconad.config import load_params
 from reconad.ensemble import MAP_NAME, EnsembleDetector, Member
 from reconad.errors import ReconadError
@@ -121,16 +128,13 @@ def ensemble_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnsembleR
         "predictions",
     )
     results: dict[str, CliResult] = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    import mlflow
+
+    with in_project(workdir, f"sqlite:///{workdir / 'mlflow.db'}"):
         for name, argv in steps.items():
             results[name] = run_cli(argv)
-        import mlflow
-
         left_open = mlflow.active_run()
         mlflow.end_run()
-        mlflow.set_tracking_uri(None)
     yield EnsembleRun(workdir, results, left_open is None)
 
 

@@ -29,6 +29,7 @@ from pipeline_fixtures import (
     TINY_EPOCHS,
     TINY_VARIANT,
     CliResult,
+    in_project,
     run_cli,
     tiny_params,
     venv_executable,
@@ -95,24 +96,14 @@ def run_stages(workdir: Path, tracking_dir: Path) -> PipelineRun:
     """Run every stage in ``workdir``, stopping at the first one that fails."""
     results: dict[str, CliResult] = {}
     seconds: dict[str, float] = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tracking_dir / 'mlflow.db'}")
+    with in_project(workdir, f"sqlite:///{tracking_dir / 'mlflow.db'}"):
         for argv in STAGES:
             start = time.perf_counter()
             results[argv[0]] = run_cli(argv)
             seconds[argv[0]] = time.perf_counter() - start
             if results[argv[0]].code != 0:
                 break
-        forget_tracking_uri()
     return PipelineRun(workdir, tracking_dir, results, seconds)
-
-
-def forget_tracking_uri() -> None:
-    """MLflow keeps the last tracking URI in a global; later tests must not inherit it."""
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")
