@@ -37,8 +37,9 @@ import tensorflow as tf  # noqa: E402
 from benchmarks.common import median_seconds, random_images  # noqa: E402
 from reconad.config import Params, load_params  # noqa: E402
 from reconad.memory_bank import MEMORY_BANK_FILE, build_bank, save_bank  # noqa: E402
-from reconad.models import Detector, Method, method_class  # noqa: E402
+from reconad.models import Detector, Method  # noqa: E402
 from reconad.models.backbones import FINE_STRIDE  # noqa: E402
+from reconad.train import make_method  # noqa: E402
 
 VARIANTS = ("sdc_restore", "aesc_stain", "patch_ae")
 """One variant per method family."""
@@ -84,9 +85,8 @@ def measure_variant(
         batch over the batch-1 latency (below 1 when batching pays).
     """
     params = load_params(params_path, variant)
-    method = method_class(params.variant(variant).method)(params, CHANNELS)
+    method = make_method(params, variant, CHANNELS)
     size = params.dataset.image_size
-    method.check_image_size(size)
     model = method.build()
     images = random_images(large_batch, size, seed, CHANNELS)
     one = images[:1]

@@ -38,8 +38,8 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks.common import median_seconds  # noqa: E402
 from reconad.config import load_params  # noqa: E402
-from reconad.models import Method, method_class  # noqa: E402
-from reconad.train import compiled_model  # noqa: E402
+from reconad.models import Method  # noqa: E402
+from reconad.train import compiled_model, make_method  # noqa: E402
 
 VARIANTS = ("sdc_restore", "aesc_stain", "patch_ae")
 """One variant per method family."""
@@ -184,7 +184,7 @@ def measure_variant(
         ``matmul_gflop_per_s``, and ``step_over_matmul`` (FLOP/s ratio).
     """
     params = load_params(params_path, variant)
-    method = method_class(params.variant(variant).method)(params, CHANNELS)
+    method = make_method(params, variant, CHANNELS)
     crop = training_crop(method) if crop is None else crop
     method.check_image_size(crop)
     batch = params.train.batch_size

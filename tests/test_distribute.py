@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import keras
 import numpy as np
 import pytest
 
-from faults_support import TINY, mlflow_uri, write_params
+from faults_support import TINY, subprocess_env, write_params
 from reconad import paths
 from reconad.config import load_params
 from reconad.data.fetch import fetch_dataset
@@ -104,10 +103,9 @@ def prepared_project(workdir: Path, distribute: str) -> Path:
 
 def train_in_subprocess(workdir: Path, env_extra: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the trainer in a fresh interpreter with ``LOGICAL_CPUS`` logical CPU devices."""
-    env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
-    env.update(
-        TF_CPP_MIN_LOG_LEVEL="2", MLFLOW_TRACKING_URI=mlflow_uri(workdir), **(env_extra or {})
-    )
+    env = subprocess_env(workdir)
+    env.pop("TF_CONFIG", None)
+    env.update(env_extra or {})
     completed = subprocess.run(
         [
             sys.executable,
