@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from reconad.metrics import (
     aupro,
     connected_components,
+    defect_type_metrics,
     evaluate_all,
     image_auroc,
     pixel_auroc,
@@ -236,3 +237,35 @@ def test_evaluate_all_returns_json_ready_floats() -> None:
     assert all(type(value) is float for value in result.values())
     assert result["aupro"] == pytest.approx(reference_aupro(maps, masks, 0.3), abs=1e-6)
     json.dumps(result)
+
+
+def test_defect_type_metrics_against_sklearn_per_type() -> None:
+    rng = np.random.default_rng(7)
+    defects = ["good"] * 6 + ["crack"] * 4 + ["hole"] * 3
+    labels = np.array([0] * 6 + [1] * 7)
+    scores = rng.random(13)
+    image_pred = np.array([False] * 5 + [True] + [True, False, True, True] + [False] * 3)
+    result = defect_type_metrics(scores, labels, defects, image_pred)
+    assert list(result) == ["crack", "hole"]
+    for kind, rows, detected in (("crack", slice(6, 10), 3 / 4), ("hole", slice(10, 13), 0.0)):
+        subset = np.r_[np.arange(6), np.arange(13)[rows]]
+        expected = roc_auc_score(labels[subset], scores[subset])
+        assert result[kind] == pytest.approx(
+            {"images": rows.stop - rows.start, "image_auroc": expected, "detected": detected}
+        )
+
+
+def test_defect_type_metrics_hand_computed() -> None:
+    # good 0.1, 0.5; scratch 0.4 (beats one good of two), 0.9 (beats both) -> 3 / 4.
+    result = defect_type_metrics(
+        np.array([0.1, 0.5, 0.4, 0.9]),
+        np.array([0, 0, 1, 1]),
+        ["good", "good", "scratch", "scratch"],
+        np.array([False, True, False, True]),
+    )
+    assert result == {"scratch": {"images": 2, "image_auroc": 0.75, "detected": 0.5}}
+
+
+def test_defect_type_metrics_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="equal length"):
+        defect_type_metrics(np.array([0.1, 0.9]), np.array([0, 1]), ["good"], np.zeros(2, bool))

@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from pipeline_fixtures import (
     TINY_CATEGORY,
@@ -143,6 +144,7 @@ def test_every_stage_exits_zero(pipeline: PipelineRun) -> None:
         EVAL_DIR / "metrics.json",
         EVAL_DIR / "curves.json",
         EVAL_DIR / "scores.csv",
+        EVAL_DIR / "defect_types.json",
         "reports/metrics.json",
         "reports/report.md",
         "reports/report.html",
@@ -218,6 +220,26 @@ def test_evaluation_curves_and_examples(pipeline: PipelineRun) -> None:
         "worst_good",
     ]
     assert all(cv2.imread(str(p)) is not None for p in examples)
+
+
+def test_defect_types_agree_with_the_scores_table(pipeline: PipelineRun) -> None:
+    per_type = pipeline.json(EVAL_DIR / "defect_types.json")[PRIMARY_MAP]
+    rows = list(read_scores(pipeline).values())
+    good = [float(row["score"]) for row in rows if row["label"] == "0"]
+    assert set(per_type) == {row["defect"] for row in rows if row["label"] == "1"}
+    for defect, values in per_type.items():
+        of_type = [row for row in rows if row["defect"] == defect]
+        scores = good + [float(row["score"]) for row in of_type]
+        expected = roc_auc_score([0] * len(good) + [1] * len(of_type), scores)
+        assert values["images"] == len(of_type)
+        assert values["image_auroc"] == pytest.approx(expected, abs=1e-5)
+        assert values["detected"] == pytest.approx(
+            np.mean([row["anomalous"] == "1" for row in of_type])
+        )
+    report = pipeline.path("reports/report.md").read_text(encoding="utf-8")
+    assert "## By defect type" in report
+    for defect in per_type:
+        assert f"| {TINY_VARIANT} | {TINY_CATEGORY} | {defect} |" in report
 
 
 def test_metrics_tree_rounds_the_evaluation(pipeline: PipelineRun) -> None:

@@ -8,7 +8,7 @@ import csv
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -17,15 +17,25 @@ from reconad.calibrate import decide
 from reconad.config import Params
 from reconad.data.layout import CategoryData, load_split
 from reconad.io import atomic_dir, atomic_write_json, atomic_write_text
-from reconad.metrics import evaluate_all, pro_curve, roc_curve_points
-from reconad.score import Scores, TrainedModel, load_trained, score_images, variant_model_dir
+from reconad.metrics import defect_type_metrics, evaluate_all, pro_curve, roc_curve_points
+from reconad.score import Scores, load_trained, score_images, variant_model_dir
 
 METRICS_FILE = paths.EVAL_METRICS_FILE
 CURVES_FILE = paths.EVAL_CURVES_FILE
 SCORES_FILE = paths.EVAL_SCORES_FILE
+DEFECT_TYPES_FILE = paths.EVAL_DEFECT_TYPES_FILE
 EXAMPLES_DIR = paths.EVAL_EXAMPLES_DIR
 CURVE_POINTS = 200
 log = logging.getLogger("reconad")
+
+
+class Decision(NamedTuple):
+    """A map's calibrated decisions on the test split, computed once and shared."""
+
+    threshold: float
+    min_area: int
+    image_pred: np.ndarray
+    pixel_pred: np.ndarray
 
 
 def evaluate(
@@ -43,16 +53,19 @@ def evaluate(
     calibration = trained.threshold()
     data = load_split(paths.prepared_category(category, prepared_dir))
     scores = score_images(trained.detector, data.test)
+    decisions = {name: decision(scores, name, calibration) for name in trained.detector.map_names}
     results = {
-        name: map_metrics(scores, name, data, calibration, params.evaluate.max_fpr)
-        for name in trained.detector.map_names
+        name: map_metrics(scores, name, data, made, params.evaluate.max_fpr)
+        for name, made in decisions.items()
     }
-    summary = {"variant": variant, "category": category, "primary": trained.primary_map, **results}
+    primary = trained.primary_map
+    summary = {"variant": variant, "category": category, "primary": primary, **results}
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(tmp / METRICS_FILE, summary)
         atomic_write_json(tmp / CURVES_FILE, curves(scores, data, params.evaluate.max_fpr))
-        atomic_write_text(tmp / SCORES_FILE, scores_table(scores, data, trained, calibration))
-        save_examples(tmp / EXAMPLES_DIR, scores, data, trained, calibration, params)
+        atomic_write_text(tmp / SCORES_FILE, scores_table(scores, data, primary, decisions))
+        atomic_write_json(tmp / DEFECT_TYPES_FILE, defect_types(scores, data, decisions))
+        save_examples(tmp / EXAMPLES_DIR, scores, data, primary, decisions[primary], params)
     run_id = trained.description.get("mlflow_run_id")
     tags = {"variant": variant, "category": category, "method": trained.description["method"]}
     with tracking.evaluation_run(params, run_id, f"{variant}/{category}", tags):
@@ -61,21 +74,38 @@ def evaluate(
     return summary
 
 
-def map_metrics(
-    scores: Scores, name: str, data: CategoryData, calibration: dict[str, Any], max_fpr: float
-) -> dict[str, float]:
+def decision(scores: Scores, name: str, calibration: dict[str, Any]) -> Decision:
+    """Binarise map ``name`` once: metrics, the scores table and examples all reuse it."""
     threshold, min_area = decision_threshold(calibration, name)
     image_pred, pixel_pred = decide(scores.maps[name], threshold, min_area)
+    return Decision(threshold, min_area, image_pred, pixel_pred)
+
+
+def map_metrics(
+    scores: Scores, name: str, data: CategoryData, made: Decision, max_fpr: float
+) -> dict[str, float]:
     metrics = evaluate_all(
         scores.image_scores[name],
         data.test_labels,
         scores.maps[name],
         data.test_masks,
-        image_pred,
-        pixel_pred,
+        made.image_pred,
+        made.pixel_pred,
         max_fpr,
     )
-    return {**metrics, "threshold": float(threshold), "min_area": int(min_area)}
+    return {**metrics, "threshold": made.threshold, "min_area": made.min_area}
+
+
+def defect_types(
+    scores: Scores, data: CategoryData, decisions: dict[str, Decision]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per map: image AUROC and share detected at the threshold, per defect type."""
+    return {
+        name: defect_type_metrics(
+            scores.image_scores[name], data.test_labels, data.test_defects, made.image_pred
+        )
+        for name, made in decisions.items()
+    }
 
 
 def decision_threshold(calibration: dict[str, Any], name: str) -> tuple[float, int]:
@@ -103,12 +133,9 @@ def curves(scores: Scores, data: CategoryData, max_fpr: float) -> dict[str, Any]
 
 
 def scores_table(
-    scores: Scores, data: CategoryData, trained: TrainedModel, calibration: dict[str, Any]
+    scores: Scores, data: CategoryData, primary: str, decisions: dict[str, Decision]
 ) -> str:
     """One CSV row per test image: its label, score and verdict under the primary map."""
-    name = trained.primary_map
-    threshold, min_area = decision_threshold(calibration, name)
-    image_pred, _ = decide(scores.maps[name], threshold, min_area)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["image", "defect", "label", "score", "anomalous"])
@@ -116,8 +143,8 @@ def scores_table(
         data.test_names,
         data.test_defects,
         data.test_labels,
-        scores.image_scores[name],
-        image_pred,
+        scores.image_scores[primary],
+        decisions[primary].image_pred,
         strict=True,
     ):
         image, defect, label, score, verdict = row
@@ -129,8 +156,8 @@ def save_examples(
     directory: Path,
     scores: Scores,
     data: CategoryData,
-    trained: TrainedModel,
-    calibration: dict[str, Any],
+    name: str,
+    made: Decision,
     params: Params,
 ) -> None:
     """Overlays of the best- and worst-handled test images of each class."""
@@ -138,17 +165,14 @@ def save_examples(
     if count == 0:
         return
     directory.mkdir(parents=True, exist_ok=True)
-    name = trained.primary_map
-    threshold, min_area = decision_threshold(calibration, name)
-    _, pixel_pred = decide(scores.maps[name], threshold, min_area)
     image_scores = scores.image_scores[name]
     for kind, index in visualize.pick_examples(image_scores, data.test_labels, count):
         png = visualize.example_panel(
             data.test[index],
             scores.maps[name][index],
             data.test_masks[index],
-            pixel_pred[index],
-            threshold,
+            made.pixel_pred[index],
+            made.threshold,
             title=f"{data.test_names[index]}  score {image_scores[index]:.4g}",
         )
         stem = Path(data.test_names[index]).with_suffix("").as_posix().replace("/", "_")

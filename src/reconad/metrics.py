@@ -241,6 +241,51 @@ def evaluate_all(
     }
 
 
+def defect_type_metrics(
+    image_scores: np.ndarray,
+    labels: np.ndarray,
+    defects: list[str],
+    image_pred: np.ndarray,
+) -> dict[str, dict[str, float]]:
+    """Image AUROC and detection rate of each defect type, each against all good images.
+
+    One AUROC over the whole test set hides which kinds of defect a detector misses;
+    an inspection engineer chooses a method by the defects it must catch.
+
+    Args:
+        image_scores: (N,) image scores.
+        labels: (N,) 1/True for a defective image.
+        defects: (N,) defect type of each image (ignored for good images).
+        image_pred: (N,) bool decisions at the calibrated threshold.
+
+    Returns:
+        ``{defect: {"images", "image_auroc", "detected"}}`` in sorted defect order;
+        ``detected`` is the share of that type's images flagged at the threshold.
+
+    Raises:
+        ValueError: lengths differ, or there are no good or no defective images.
+    """
+    image_scores, labels = _check_scores_labels(image_scores, labels)
+    image_pred = _as_bool(image_pred, "image_pred")
+    if len(defects) != len(labels) or image_pred.shape != labels.shape:
+        raise ValueError(
+            f"defects, image_pred and labels must have equal length, got "
+            f"{len(defects)}, {image_pred.shape[0]} and {labels.shape[0]}"
+        )
+    kinds = np.asarray(defects)
+    good = ~labels
+    out: dict[str, dict[str, float]] = {}
+    for kind in sorted(set(kinds[labels].tolist())):
+        of_kind = labels & (kinds == kind)
+        subset = good | of_kind
+        out[kind] = {
+            "images": int(of_kind.sum()),
+            "image_auroc": image_auroc(image_scores[subset], of_kind[subset]),
+            "detected": float(image_pred[of_kind].mean()),
+        }
+    return out
+
+
 def _pro_curve_points(
     maps: np.ndarray, masks: np.ndarray, max_fpr: float
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -52,6 +52,7 @@ class Evaluation:
     metrics: dict[str, dict[str, float]]
     curves: dict[str, Any]
     examples: list[Path]
+    defect_types: dict[str, dict[str, dict[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,19 @@ def load_evaluation(directory: Path) -> Evaluation:
         raise ReconadError(f"{metrics_file}: missing; run `dvc repro` to evaluate first")
     summary = json.loads(metrics_file.read_text(encoding="utf-8"))
     curves = json.loads((directory / paths.EVAL_CURVES_FILE).read_text(encoding="utf-8"))
+    defect_types = json.loads(
+        (directory / paths.EVAL_DEFECT_TYPES_FILE).read_text(encoding="utf-8")
+    )
     maps = {k: v for k, v in summary.items() if isinstance(v, dict)}
     examples = sorted((directory / paths.EVAL_EXAMPLES_DIR).glob("*.png"))
     return Evaluation(
-        summary["variant"], summary["category"], summary["primary"], maps, curves, examples
+        summary["variant"],
+        summary["category"],
+        summary["primary"],
+        maps,
+        curves,
+        examples,
+        defect_types,
     )
 
 
@@ -203,6 +213,15 @@ def report_blocks(
     if params.dataset.name == "mvtec_ad":
         blocks.append(Block("heading2", "Ours next to the published MVTec AD numbers"))
         blocks.append(Block("table", published_table(metrics, params.dataset.categories)))
+    blocks.append(Block("heading2", "By defect type"))
+    blocks.append(
+        Block(
+            "text",
+            "Image AUROC of each defect type against all good test images, and the share of "
+            "its images flagged at the calibrated threshold (primary map).",
+        )
+    )
+    blocks.append(Block("table", defect_type_table(evaluations)))
     blocks.append(Block("heading2", "ROC (image level) and PRO curves"))
     blocks += [Block("image", path) for path in figures.values()]
     blocks.append(Block("heading2", "Best and worst test images"))
@@ -228,6 +247,23 @@ def metrics_table(per_category: dict[str, dict[str, float]]) -> list[list[str]]:
     rows = [
         [name, *(f"{values[k]:.3f}" for k in REPORT_METRICS)]
         for name, values in per_category.items()
+    ]
+    return [header, *rows]
+
+
+def defect_type_table(evaluations: list[Evaluation]) -> list[list[str]]:
+    header = ["variant", "category", "defect", "images", "image_auroc", "detected"]
+    rows = [
+        [
+            evaluation.variant,
+            evaluation.category,
+            defect,
+            str(int(values["images"])),
+            f"{values['image_auroc']:.3f}",
+            f"{values['detected']:.3f}",
+        ]
+        for evaluation in evaluations
+        for defect, values in evaluation.defect_types[evaluation.primary].items()
     ]
     return [header, *rows]
 
