@@ -26,9 +26,6 @@ from :mod:`reconad.data.defects`, which shares no code with the training corrupt
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,6 +39,7 @@ import skimage.data
 from reconad.config import TexturesConfig
 from reconad.data.defects import DEFECT_KINDS, make_defect
 from reconad.errors import ConfigError, DataError
+from reconad.io import atomic_dir
 from reconad.paths import SPLIT_FILE
 
 SOURCES: dict[str, Callable[[], np.ndarray]] = {
@@ -223,19 +221,8 @@ def _build_category(
     counts: TexturesConfig,
     seed: int,
 ) -> CategorySplit:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{category}.", suffix=".tmp", dir=out_dir))
-        try:
-            split = _write_category(staging, category, source, image_size, counts, seed)
-            _replace_dir(staging, out_dir / category)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    except OSError as exc:
-        raise DataError(
-            f"{out_dir / category}: cannot write the textures dataset ({exc.strerror or exc})"
-        ) from exc
-    return split
+    with atomic_dir(out_dir / category) as staging:
+        return _write_category(staging, category, source, image_size, counts, seed)
 
 
 def _write_category(
@@ -302,21 +289,3 @@ def _write_png(path: Path, image: np.ndarray) -> None:
         raise DataError(f"{path}: PNG encoding failed")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encoded.tobytes())
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an existing ``target`` is restored if the move fails."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    old = trash / target.name
-    try:
-        os.replace(target, old)
-        try:
-            os.replace(new, target)
-        except OSError:
-            os.replace(old, target)
-            raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
