@@ -15,6 +15,7 @@ from reconad.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    read_json,
     reporting_os_errors,
 )
 
@@ -161,3 +162,17 @@ def test_atomic_dir_restores_the_old_folder_when_the_swap_fails(
     monkeypatch.undo()
     assert sorted(os.listdir(final)) == ["kept.txt"]
     assert _leftovers(tmp_path, {"out"}) == []
+
+
+def test_read_json_returns_what_atomic_write_json_wrote(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "a.json", {"b": [1, 2.5], "c": "d"})
+    assert read_json(tmp_path / "a.json") == {"b": [1, 2.5], "c": "d"}
+
+
+@pytest.mark.parametrize("content", [None, "{not json"], ids=["missing", "damaged"])
+def test_read_json_names_a_missing_or_damaged_file(tmp_path: Path, content: str | None) -> None:
+    path = tmp_path / "curves.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(ReconadError, match=r"curves\.json: unreadable .*re-run the stage"):
+        read_json(path)

@@ -22,9 +22,9 @@ import numpy as np
 from reconad import paths
 from reconad.config import Params, ScoreConfig
 from reconad.errors import ReconadError
-from reconad.io import atomic_write_json
+from reconad.io import atomic_write_json, read_json
 from reconad.models import Detector
-from reconad.score import TrainedModel, load_trained, read_json
+from reconad.score import TrainedModel, load_trained
 
 MAP_NAME = "normalised_mean"
 

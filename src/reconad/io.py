@@ -111,6 +111,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, text + "\n")
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file a stage wrote; a missing or damaged one is a one-line error naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReconadError(f"{path}: unreadable ({exc}); re-run the stage that writes it") from exc
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Build a folder in a temporary sibling and move it onto ``final`` when the block succeeds.

@@ -11,7 +11,6 @@ import base64
 import csv
 import html
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import yaml
 from reconad import paths
 from reconad.config import Params
 from reconad.errors import ReconadError
-from reconad.io import atomic_dir, atomic_write_json, atomic_write_text
+from reconad.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from reconad.published import published_table
 
 REPORT_METRICS = (
@@ -90,11 +89,9 @@ def load_evaluation(directory: Path) -> Evaluation:
     metrics_file = directory / paths.EVAL_METRICS_FILE
     if not metrics_file.exists():
         raise ReconadError(f"{metrics_file}: missing; run `dvc repro` to evaluate first")
-    summary = json.loads(metrics_file.read_text(encoding="utf-8"))
-    curves = json.loads((directory / paths.EVAL_CURVES_FILE).read_text(encoding="utf-8"))
-    defect_types = json.loads(
-        (directory / paths.EVAL_DEFECT_TYPES_FILE).read_text(encoding="utf-8")
-    )
+    summary = read_json(metrics_file)
+    curves = read_json(directory / paths.EVAL_CURVES_FILE)
+    defect_types = read_json(directory / paths.EVAL_DEFECT_TYPES_FILE)
     maps = {k: v for k, v in summary.items() if isinstance(v, dict)}
     examples = sorted((directory / paths.EVAL_EXAMPLES_DIR).glob("*.png"))
     return Evaluation(
@@ -348,7 +345,7 @@ def format_metrics(
     """``reports/metrics.json`` as an aligned text table, one row per series and category."""
     if not path.exists():
         raise ReconadError(f"{path}: missing; run `dvc repro` first")
-    tree = json.loads(path.read_text(encoding="utf-8"))
+    tree = read_json(path)
     header = ["variant", "category", *columns]
     rows = [
         [series, category, *(f"{values[c]:.3f}" for c in columns)]

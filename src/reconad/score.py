@@ -10,7 +10,6 @@ so they score exactly the same way.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 from reconad import paths
 from reconad.config import Params, ScoreConfig
 from reconad.errors import DataError, ReconadError
+from reconad.io import read_json
 from reconad.models import Detector, method_class
 
 
@@ -118,10 +118,3 @@ def score_images(detector: Detector, images: np.ndarray) -> Scores:
         raise DataError(f"expected a batch of images (N, H, W, C), got shape {images.shape}")
     maps = detector.anomaly_maps(images.astype(np.float32, copy=False))
     return Scores(maps, {name: detector.image_scores(m) for name, m in maps.items()})
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReconadError(f"{path}: unreadable ({exc}); re-run the stage that writes it") from exc
