@@ -16,7 +16,14 @@ import pytest
 
 from reconad.config import TexturesConfig
 from reconad.data import defects, textures
-from reconad.data.defects import DEFECT_KINDS, Defect, make_defect, mean_change
+from reconad.data.defects import (
+    DEFECT_KINDS,
+    Defect,
+    is_visible,
+    make_defect,
+    mean_change,
+    texture_contrast,
+)
 from reconad.data.textures import Crop, Rect, build_textures, load_source, render_crop
 from reconad.errors import ConfigError
 
@@ -141,6 +148,9 @@ def test_masks_are_binary_and_mark_exactly_the_changed_pixels(
             np.testing.assert_array_equal(image[~inside], clean[~inside])
             change = np.abs(image.astype(float) - clean.astype(float))[inside].mean() / 255
             assert change >= defects.MIN_MEAN_CHANGE, (name, change)
+            written = Defect((image / 255.0).astype(np.float32), inside)
+            contrast = texture_contrast((clean / 255.0).astype(np.float32), written)
+            assert contrast >= defects.MIN_TEXTURE_CONTRAST, (name, contrast)
 
 
 def test_build_is_byte_identical_and_seeded(tmp_path: Path, built: tuple[Path, dict]) -> None:
@@ -203,7 +213,7 @@ def test_each_kind_is_visible_local_and_varied(kind: str) -> None:
     clean = render_crop(load_source("gravel"), Crop(300, 400, 80, 0, False), SIZE) / 255.0
     clean = clean.astype(np.float32)
     rng = np.random.default_rng(3)
-    changes, areas = [], []
+    changes, areas, contrasts = [], [], []
     for _ in range(20):
         defect = make_defect(clean, kind, rng)
         assert defect.image.dtype == np.float32 and defect.mask.dtype == bool
@@ -212,10 +222,28 @@ def test_each_kind_is_visible_local_and_varied(kind: str) -> None:
         np.testing.assert_allclose(defect.image * 255, np.round(defect.image * 255), atol=1e-3)
         changes.append(mean_change(clean, defect))
         areas.append(int(defect.mask.sum()))
+        contrasts.append(texture_contrast(clean, defect))
     assert min(changes) >= defects.MIN_MEAN_CHANGE
+    assert min(contrasts) >= defects.MIN_TEXTURE_CONTRAST
     assert min(areas) >= defects.MIN_MASK_PIXELS
     assert max(changes) > 1.5 * min(changes)
     assert max(areas) > 2 * min(areas)
+
+
+def test_texture_contrast_measures_change_against_local_variation() -> None:
+    rows = np.arange(SIZE)[:, None] % 2
+    stripes = np.broadcast_to(0.3 + 0.4 * rows, (SIZE, SIZE)).astype(np.float32)
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[20:40, 20:40] = True
+    shifted = Defect(np.where(mask, stripes + 0.1, stripes).astype(np.float32), mask)
+    stripe_std = float(defects.local_std(stripes, SIZE * defects.TEXTURE_SCALE)[mask].mean())
+    assert stripe_std == pytest.approx(0.2, abs=0.01)
+    assert texture_contrast(stripes, shifted) == pytest.approx(0.1 / stripe_std, rel=1e-4)
+    assert not is_visible(stripes, shifted)
+    flat = np.full((SIZE, SIZE), 0.5, np.float32)
+    on_flat = Defect(np.where(mask, 0.6, 0.5).astype(np.float32), mask)
+    assert texture_contrast(flat, on_flat) > 1000 and is_visible(flat, on_flat)
+    assert texture_contrast(flat, Defect(flat, np.zeros_like(mask))) == 0.0
 
 
 def test_defects_follow_the_generator() -> None:

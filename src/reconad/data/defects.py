@@ -8,10 +8,14 @@ measure memorisation instead of generalisation to unseen defects.
 Every kind draws a soft opacity map ``alpha`` (H, W) in [0, 1] and a target image. The
 mask is ``alpha >= MASK_ALPHA``; inside it the target is blended in with an opacity that
 rises from 0 at the mask border, outside it the image is exactly the clean one. Sizes are
-fractions of the image side and contrasts are drawn log-uniformly, so most defects are
-faint and a few are strong. :func:`make_defect` re-draws until the change is visible
-(``MIN_MEAN_CHANGE``, ``MIN_MASK_PIXELS``). All randomness comes from the
-``np.random.Generator`` passed in.
+fractions of the image side and contrasts are drawn log-uniformly, so there are more faint
+defects than strong ones. :func:`make_defect` re-draws until the defect is visible: large
+enough (``MIN_MASK_PIXELS``), changed enough in absolute grey levels (``MIN_MEAN_CHANGE``)
+and, above all, changed enough relative to the texture under it
+(``MIN_TEXTURE_CONTRAST``, see :func:`texture_contrast`). The last floor is what makes
+the kinds equally conspicuous on a flat brick and on busy grass: an inspector labels what
+they can see, and a pit of the same grey level as the shadows between grass blades is not
+a visible defect. All randomness comes from the ``np.random.Generator`` passed in.
 """
 
 from __future__ import annotations
@@ -30,8 +34,16 @@ MASK_ALPHA = 0.3
 MIN_MEAN_CHANGE = 0.08
 """Smallest mean |defective - clean| inside the mask, in [0, 1] grey units."""
 MIN_MASK_PIXELS = 20
-MAX_ATTEMPTS = 50
-"""Re-draws before giving up on an image too dark or too bright for a visible defect."""
+MIN_TEXTURE_CONTRAST = 1.5
+"""Smallest mean |defective - clean| inside the mask over the clean texture's mean local
+standard deviation there (:func:`texture_contrast`). Chosen by eye on rendered defects
+of all three photos (docs/methods.md): below about 1.5, defects on grass and gravel
+are hard to tell from the texture's own shadows and stones."""
+TEXTURE_SCALE = 1.0 / 32.0
+"""Gaussian sigma of the local standard deviation, as a fraction of the image side
+(4 px at 128): about the width of a grass blade or a mortar joint."""
+MAX_ATTEMPTS = 200
+"""Re-draws before giving up on an image too dark, bright or busy for a visible defect."""
 
 # Shapes and contrasts per kind. Lengths and radii are fractions of the image side;
 # (low, high) pairs are the range a parameter is drawn from.
@@ -65,11 +77,13 @@ HOLE_RESIDUAL = (0.0, 0.3)
 DISCOLORATION_RADIUS = (0.1, 0.3)
 DISCOLORATION_IRREGULARITY = 0.6
 DISCOLORATION_SOFTNESS = (0.3, 0.6)
-DISCOLORATION_TINT = (0.1, 0.25)
+DISCOLORATION_TINT = (0.15, 0.5)
 
 _BLOB_VERTICES = 72
 _BLOB_HARMONICS = 4
 _CURVE_POINTS = 64
+_FLAT = 1e-6
+"""Local standard deviation below which a surface counts as flat (grey levels are 1/255)."""
 _SUBPIXEL_BITS = 4
 """cv2 drawing takes fixed-point coordinates: 4 fractional bits = 1/16 pixel."""
 
@@ -254,10 +268,34 @@ def mean_change(clean: np.ndarray, defect: Defect) -> float:
     return float(diff[defect.mask].mean())
 
 
+def local_std(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-weighted standard deviation around every pixel: how busy the texture is."""
+    image = image.astype(np.float64)
+    mean = cv2.GaussianBlur(image, (0, 0), sigma)
+    mean_of_squares = cv2.GaussianBlur(image * image, (0, 0), sigma)
+    return np.sqrt(np.maximum(mean_of_squares - mean * mean, 0.0))
+
+
+def texture_contrast(clean: np.ndarray, defect: Defect) -> float:
+    """Mean change inside the mask in units of the clean texture's local standard deviation.
+
+    A change of 0.1 grey levels stands out on a flat brick face and vanishes among grass
+    blades; dividing by the texture's own variation at the same place (Gaussian window of
+    ``TEXTURE_SCALE`` times the image side) measures how much the defect stands out from
+    it. A flat surface gives a very large value; an empty mask gives 0.
+    """
+    if not defect.mask.any():
+        return 0.0
+    busyness = float(local_std(clean, TEXTURE_SCALE * min(clean.shape))[defect.mask].mean())
+    return mean_change(clean, defect) / max(busyness, _FLAT)
+
+
 def is_visible(clean: np.ndarray, defect: Defect) -> bool:
-    """Large enough (``MIN_MASK_PIXELS``) and contrasted enough (``MIN_MEAN_CHANGE``)."""
+    """Large enough, changed enough, and standing out from the texture under it."""
     return (
-        int(defect.mask.sum()) >= MIN_MASK_PIXELS and mean_change(clean, defect) >= MIN_MEAN_CHANGE
+        int(defect.mask.sum()) >= MIN_MASK_PIXELS
+        and mean_change(clean, defect) >= MIN_MEAN_CHANGE
+        and texture_contrast(clean, defect) >= MIN_TEXTURE_CONTRAST
     )
 
 
