@@ -100,20 +100,44 @@ def test_defects_spread_evenly_over_kinds(built: tuple[Path, dict]) -> None:
     }
 
 
-def test_split_regions_and_crops_never_overlap(built: tuple[Path, dict]) -> None:
+def test_split_tiles_and_crops_never_overlap(built: tuple[Path, dict]) -> None:
     _, result = built
     for split in result.values():
-        regions = {name: Rect(*rect) for name, rect in split["regions"].items()}
-        for a, b in itertools.combinations(regions.values(), 2):
+        tiles = {name: [Rect(*tile) for tile in rects] for name, rects in split["regions"].items()}
+        every_tile = [tile for rects in tiles.values() for tile in rects]
+        for a, b in itertools.combinations(every_tile, 2):
             assert not a.intersects(b)
         owner = {name: part for part in ("train", "val", "test") for name in split[part]}
         assert set(owner) == set(split["crops"])
         crops = [(owner[name], Crop(**crop).rect) for name, crop in split["crops"].items()]
         for part, rect in crops:
-            assert regions[part].contains(rect)
+            assert any(tile.contains(rect) for tile in tiles[part])
         for (part_a, a), (part_b, b) in itertools.combinations(crops, 2):
             if part_a != part_b:
                 assert not a.intersects(b), (part_a, a, part_b, b)
+
+
+def test_split_tiles_cover_the_photo_and_interleave() -> None:
+    regions = textures.split_regions(512, 512)
+    assert sum(tile.width * tile.height for tiles in regions.values() for tile in tiles) == 512**2
+    assert {split: len(tiles) for split, tiles in regions.items()} == {
+        "train": 5,
+        "test": 2,
+        "val": 2,
+    }
+    for split in ("val", "test"):
+        centres = [(tile.x + tile.width / 2, tile.y + tile.height / 2) for tile in regions[split]]
+        assert np.allclose(np.mean(centres, axis=0), 256, atol=1)
+
+
+def test_crops_come_from_every_tile_of_their_split() -> None:
+    regions = textures.split_regions(512, 512)
+    rng = np.random.default_rng(0)
+    for tiles in regions.values():
+        crops = [textures.draw_crop(tiles, (96, 160), rng).rect for _ in range(200)]
+        owners = [[tile.contains(crop) for tile in tiles] for crop in crops]
+        assert all(sum(inside) == 1 for inside in owners)
+        assert np.all(np.sum(owners, axis=0) > 200 / len(tiles) / 2)
 
 
 def test_rect_intersection_is_half_open() -> None:
@@ -205,7 +229,7 @@ def test_crops_are_resized_then_rotated_and_flipped() -> None:
 def test_larger_images_upsample_a_capped_window() -> None:
     regions = textures.split_regions(512, 512)
     assert textures.window_sides(regions, 128) == (96, 160)
-    assert textures.window_sides(regions, 256) == (115, 192)
+    assert textures.window_sides(regions, 256) == (102, 170)
 
 
 @pytest.mark.parametrize("kind", list(DEFECT_KINDS))

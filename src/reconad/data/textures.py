@@ -8,14 +8,18 @@ the licence of their origin, stated in their docstrings: brick and gravel
 are under Creative Commons CC0 1.0, a public-domain dedication. The data directory's
 README.txt says nothing about licences.
 
-Each photo is cut into three disjoint regions (``split_regions``): train (top band),
-validation (bottom left) and test (bottom right). Every crop lies inside its split's
-region, so no test or validation image shares a single source pixel with a training
-image. Variety inside a region comes from a random position, a random window size
+Each photo is cut into a 3 x 3 grid of tiles (``SPLIT_GRID``); every tile belongs to one
+split, train (corners and centre), validation (middle row, left and right) or test
+(middle column, top and bottom). Interleaving matters: photos are not stationary (the
+grass photo has more clover at the bottom right), and a split made of one block per
+split gave test normals that a kNN on pretrained features told apart from validation
+normals with AUROC 0.76. Every crop lies inside one tile of its split, so no test or
+validation image shares a single source pixel with a training image. Variety inside a
+split comes from a random tile, a random position, a random window size
 (``SCALE_RANGE`` times a base window) resized to ``image_size``, and one of the 8
 rotations/flips, which leave a texture a normal texture. The base window is
 ``SOURCE_PIXELS_PER_OUTPUT_PIXEL * image_size`` source pixels (160 for 128-pixel
-images: about four bricks across), capped by the smallest region side (192); at larger
+images: about four bricks across), capped by the smallest tile side (170); at larger
 sizes the cap applies and crops are upsampled instead. The cap is shared by all splits so
 that train and test images have the same distribution of texture scale.
 
@@ -48,12 +52,12 @@ SOURCES: dict[str, Callable[[], np.ndarray]] = {
     "gravel": skimage.data.gravel,
 }
 
-REGION_FRACTIONS: dict[str, tuple[float, float, float, float]] = {
-    "train": (0.0, 0.0, 1.0, 0.625),
-    "val": (0.0, 0.625, 0.375, 1.0),
-    "test": (0.375, 0.625, 1.0, 1.0),
-}
-"""Per split: (left, top, right, bottom) as fractions of the source width and height."""
+SPLIT_GRID: tuple[tuple[str, ...], ...] = (
+    ("train", "test", "train"),
+    ("val", "train", "val"),
+    ("train", "test", "train"),
+)
+"""Which split owns each tile of the photo, row by row from the top left."""
 
 SOURCE_PIXELS_PER_OUTPUT_PIXEL = 1.25
 SCALE_RANGE = (0.6, 1.0)
@@ -109,7 +113,7 @@ class CategorySplit(TypedDict):
     train: list[str]
     val: list[str]
     test: list[str]
-    regions: dict[str, list[int]]
+    regions: dict[str, list[list[int]]]
     crops: dict[str, dict[str, int | bool]]
 
 
@@ -127,28 +131,37 @@ def load_source(category: str) -> np.ndarray:
     return np.ascontiguousarray(SOURCES[category](), dtype=np.uint8)
 
 
-def split_regions(height: int, width: int) -> dict[str, Rect]:
-    """Disjoint train / val / test regions of a ``height`` x ``width`` photo."""
-    regions = {}
-    for split, (left, top, right, bottom) in REGION_FRACTIONS.items():
-        x0, x1 = round(left * width), round(right * width)
-        y0, y1 = round(top * height), round(bottom * height)
-        regions[split] = Rect(x0, y0, x1 - x0, y1 - y0)
+def split_regions(height: int, width: int) -> dict[str, list[Rect]]:
+    """The tiles of each split: a ``height`` x ``width`` photo cut by ``SPLIT_GRID``."""
+    rows, columns = len(SPLIT_GRID), len(SPLIT_GRID[0])
+    ys = [round(row * height / rows) for row in range(rows + 1)]
+    xs = [round(column * width / columns) for column in range(columns + 1)]
+    regions: dict[str, list[Rect]] = {}
+    for row, owners in enumerate(SPLIT_GRID):
+        for column, split in enumerate(owners):
+            tile = Rect(xs[column], ys[row], xs[column + 1] - xs[column], ys[row + 1] - ys[row])
+            regions.setdefault(split, []).append(tile)
     return regions
 
 
-def window_sides(regions: dict[str, Rect], image_size: int) -> tuple[int, int]:
+def window_sides(regions: dict[str, list[Rect]], image_size: int) -> tuple[int, int]:
     """Smallest and largest crop window side, in source pixels, for ``image_size`` images."""
-    cap = min(min(rect.width, rect.height) for rect in regions.values())
+    cap = min(min(tile.width, tile.height) for tiles in regions.values() for tile in tiles)
     base = min(round(SOURCE_PIXELS_PER_OUTPUT_PIXEL * image_size), cap)
     return max(1, round(SCALE_RANGE[0] * base)), round(SCALE_RANGE[1] * base)
 
 
-def draw_crop(region: Rect, sides: tuple[int, int], rng: np.random.Generator) -> Crop:
-    """A random window inside ``region`` with a random size in ``sides`` and orientation."""
+def draw_crop(tiles: list[Rect], sides: tuple[int, int], rng: np.random.Generator) -> Crop:
+    """A random window inside one of ``tiles`` with a random size in ``sides`` and orientation.
+
+    Tiles are drawn in proportion to the positions they offer a window, so every allowed
+    window of a split is about equally likely.
+    """
     side = int(rng.integers(sides[0], sides[1] + 1))
-    x = int(rng.integers(region.x, region.x + region.width - side + 1))
-    y = int(rng.integers(region.y, region.y + region.height - side + 1))
+    positions = np.array([(t.width - side + 1) * (t.height - side + 1) for t in tiles], float)
+    tile = tiles[int(rng.choice(len(tiles), p=positions / positions.sum()))]
+    x = int(rng.integers(tile.x, tile.x + tile.width - side + 1))
+    y = int(rng.integers(tile.y, tile.y + tile.height - side + 1))
     return Crop(x, y, side, int(rng.integers(0, 4)), bool(rng.integers(0, 2)))
 
 
@@ -267,7 +280,9 @@ def _write_category(
         "train": train,
         "val": val,
         "test": test,
-        "regions": {name: list(asdict(rect).values()) for name, rect in regions.items()},
+        "regions": {
+            name: [list(asdict(tile).values()) for tile in tiles] for name, tiles in regions.items()
+        },
         "crops": {name: asdict(crop) for name, crop in crops.items()},
     }
     (root / SPLIT_FILE).write_text(json.dumps(split, indent=1) + "\n", encoding="utf-8")
