@@ -1,12 +1,13 @@
 """Every speed benchmark in one run, figures collected in ``reports/bench.json``.
 
-``corruption``, ``training``, ``inference`` and ``pipeline`` (``dvc repro`` in a stubbed
-scratch project and, when it has nothing to do, in this workspace) run in this process and
-return their figures; ``mc_dropout.py`` and ``knn.py`` only print theirs, so they run as
-subprocesses and their key numbers are read back from the printed text (a figure that
-cannot be found is recorded as null). Each benchmark's text is printed as it finishes; the
-load average is recorded with the figures because other work on the machine slows every
-rate. Sizes are modest so that the whole run stays within minutes on two cores. From the
+``corruption``, ``training``, ``inference``, ``coreset`` (needs trained Patch AE models;
+skipped without them) and ``pipeline`` (``dvc repro`` in a stubbed scratch project and,
+when it has nothing to do, in this workspace) run in this process and return their
+figures; ``mc_dropout.py`` and ``knn.py`` only print theirs, so they run as subprocesses
+and their key numbers are read back from the printed text (a figure that cannot be found
+is recorded as null). Each benchmark's text is printed as it finishes; the load average
+is recorded with the figures because other work on the machine slows every rate. Sizes
+are modest so that the whole run stays within minutes on two cores. From the
 repository root (``make bench``)::
 
     python -m benchmarks
@@ -33,7 +34,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks import corruption, inference, pipeline, training  # noqa: E402
+from benchmarks import coreset, corruption, inference, pipeline, training  # noqa: E402
 from reconad.io import atomic_write_json  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -158,6 +159,11 @@ def run_all(
         **parse_figures(text, KNN_FIGURES),
         "memory": parse_knn_memory(text),
     }
+
+    print("\n== coreset: trained Patch AE models, full memory bank vs 10% coreset", flush=True)
+    rows = coreset.run(params_path, "patch_ae", None, coreset.DEFAULT_FRACTION)
+    print(coreset.format_table(rows) if rows else "no trained patch_ae model: skipped", flush=True)
+    results["coreset"] = rows
 
     print("\n== pipeline: `dvc repro` with nothing to do, what loss.lambda re-runs", flush=True)
     results["pipeline"] = pipeline.run(Path.cwd(), repeats=pipeline_repeats)

@@ -19,11 +19,23 @@ import tensorflow as tf
 
 from faults_support import write_params
 from pipeline_fixtures import REPO_DVC_YAML, repo_params
-from reconad.config import ElasticConfig
+from reconad.config import DatasetConfig, ElasticConfig, Params, PatchAeConfig
 from reconad.corrupt.elastic import elastic_patch_corruption
+from reconad.data.layout import CategoryData
+from reconad.memory_bank import build_bank
+from reconad.models.patch_ae import PatchAe, PatchAeDetector, encoder
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("corruption", "knn", "mc_dropout", "training", "inference", "pipeline", "__main__")
+BENCHMARKS = (
+    "corruption",
+    "knn",
+    "mc_dropout",
+    "training",
+    "inference",
+    "coreset",
+    "pipeline",
+    "__main__",
+)
 CFG = ElasticConfig(size_min=0.15, size_max=0.35, sigma=4.0, alpha=50.0)
 
 
@@ -273,3 +285,77 @@ def test_workspace_repro_is_timed_only_when_up_to_date(tmp_path: Path) -> None:
     assert timed["stages"] == 6
     assert timed["noop_ran"] == [] and timed["noop_kept_lock"]
     assert timed["noop_over_full_stub"] == timed["noop_repro_s"] / 2.0
+
+
+def _patch_category(size: int = 32) -> CategoryData:
+    """Noise images; the defective half carries a bright square the bank has never seen."""
+    rng = np.random.default_rng(11)
+    train = rng.random((6, size, size, 1), dtype=np.float32) * 0.5
+    test = rng.random((8, size, size, 1), dtype=np.float32) * 0.5
+    masks = np.zeros((8, size, size), bool)
+    masks[4:, 8:20, 8:20] = True
+    test[masks] = 1.0
+    labels = np.array([0] * 4 + [1] * 4)
+    defects = ["good"] * 4 + ["square"] * 4
+    return CategoryData(
+        category="noise",
+        color="grey",
+        image_size=size,
+        train=train,
+        val=train[:2],
+        test=test,
+        test_labels=labels,
+        test_masks=masks,
+        test_names=[f"test/{kind}/{i:03d}.png" for i, kind in enumerate(defects)],
+        test_defects=defects,
+        train_names=[f"train/good/{i:03d}.png" for i in range(6)],
+        val_names=["train/good/val_000.png", "train/good/val_001.png"],
+    )
+
+
+def _patch_detector(data: CategoryData) -> PatchAeDetector:
+    params = Params(
+        dataset=DatasetConfig(categories=[data.category], image_size=data.image_size),
+        patch_ae=PatchAeConfig(backbone="random", compressed_channels=4, decoder_channels=8),
+    )
+    keras.utils.set_random_seed(3)
+    model = PatchAe(params, channels=1).build()
+    features = encoder(model)(data.train).numpy()
+    return PatchAeDetector(
+        encoder(model), build_bank(features), sigma=1.0, chunk_size=64, batch_size=4
+    )
+
+
+def test_coreset_benchmark_compares_the_stored_bank_with_its_coreset() -> None:
+    coreset = import_benchmark("coreset")
+    data = _patch_category()
+    detector = _patch_detector(data)
+    full_vectors = len(detector.bank)
+
+    row = coreset.compare_banks(detector, data, fraction=0.25, projection_dim=0, seed=0)
+
+    assert row["full"]["vectors"] == full_vectors == 6 * (32 // 8) ** 2
+    assert row["coreset"]["vectors"] == round(0.25 * full_vectors)
+    for bank in ("full", "coreset"):
+        assert 0.0 <= row[bank]["image_auroc"] <= 1.0
+        assert 0.0 <= row[bank]["pixel_auroc"] <= 1.0
+        assert row[bank]["scoring_s"] > 0
+    assert row["image_auroc_difference"] == pytest.approx(
+        row["coreset"]["image_auroc"] - row["full"]["image_auroc"]
+    )
+    whole = coreset.compare_banks(detector, data, fraction=1.0, projection_dim=0, seed=0)
+    # The same vectors in selection order: distances agree up to float rounding.
+    assert whole["image_auroc_difference"] == pytest.approx(0.0, abs=1e-5)
+    assert whole["pixel_auroc_difference"] == pytest.approx(0.0, abs=1e-5)
+    assert "speed-up" in coreset.format_table([row, whole])
+
+
+def test_coreset_benchmark_skips_categories_without_a_trained_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    coreset = import_benchmark("coreset")
+    rows = coreset.run(
+        REPO / "params.yaml", "patch_ae", ["brick"], 0.1, models_root=tmp_path / "models"
+    )
+    assert rows == []
+    assert "brick: skipped, no trained model" in capsys.readouterr().out
