@@ -5,12 +5,16 @@ the model built and compiled in the strategy scope, each batch split over both r
 and leave a loadable model behind. The logical devices can only be configured before
 TensorFlow initialises its devices, which the test process has already done, so the
 training runs in a fresh interpreter; it prints what it saw as one JSON line.
+
+A cluster of two workers on localhost checks that Keras still cannot fit across workers,
+the reason reconad refuses ``multi_worker`` with more than one worker.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +174,58 @@ def test_single_worker_multi_worker_strategy_trains(tmp_path: Path) -> None:
     assert seen["replicas"] == 1
     assert seen["devices"][0].endswith("device:CPU:0")
     check_trained_model(tmp_path, seen)
+
+
+KERAS_FIT_ON_ONE_WORKER = """
+import tensorflow as tf, keras
+
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+with strategy.scope():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+pairs = tf.data.Dataset.from_tensor_slices((tf.ones((64, 4)), tf.ones((64, 1))))
+try:
+    model.fit(pairs.batch(8).repeat(), epochs=1, steps_per_epoch=2, verbose=0)
+    print("FIT OK")
+except ValueError as exc:
+    print("FIT FAILED", str(exc).splitlines()[0])
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_keras_still_cannot_fit_on_two_workers(tmp_path: Path) -> None:
+    """Canary for ``train.refuse_multi_worker_cluster``: plain Keras, two local workers.
+
+    When this starts to fail because the fit succeeds, Keras has fixed multi-worker
+    training: lift the refusal and test reconad's trainer on two workers instead.
+    """
+    cluster = {"worker": [f"localhost:{free_port()}" for _ in range(2)]}
+    workers = []
+    for index in range(2):
+        env = subprocess_env(tmp_path)
+        env["TF_CONFIG"] = json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        )
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-c", KERAS_FIT_ON_ONE_WORKER],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        )
+    outputs = [worker.communicate(timeout=TIMEOUT_S)[0] for worker in workers]
+
+    for output in outputs:
+        assert "FIT OK" not in output, (
+            "Keras now trains on two workers: remove train.refuse_multi_worker_cluster"
+        )
+        assert "FIT FAILED Attempt to convert a value (PerReplica" in output, output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -10,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from reconad.config import load_params
+from reconad.errors import ConfigError
 from reconad.models import method_class
-from reconad.train import dtype_policy, phase_callbacks
+from reconad.train import cluster_workers, distribution_strategy, dtype_policy, phase_callbacks
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -73,3 +75,40 @@ def test_a_mixed_precision_training_step_has_a_finite_float32_loss() -> None:
     loss = model.train_on_batch(x, y)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert np.isfinite(loss)
+
+
+def _cluster(workers: int, chief: bool = False) -> str:
+    cluster = {"worker": [f"localhost:{2000 + index}" for index in range(workers)]}
+    if chief:
+        cluster["chief"] = ["localhost:1999"]
+    return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "workers"),
+    [(None, 1), ("{}", 1), (_cluster(1), 1), (_cluster(2), 2), (_cluster(2, chief=True), 3)],
+)
+def test_cluster_workers_counts_chief_and_workers(
+    monkeypatch: pytest.MonkeyPatch, tf_config: str | None, workers: int
+) -> None:
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert cluster_workers() == workers
+
+
+def test_multi_worker_on_a_cluster_stops_with_one_line_before_joining_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TF_CONFIG", _cluster(2))
+    with pytest.raises(ConfigError, match=r"^train\.distribute: multi_worker: .* 2 workers") as err:
+        distribution_strategy("multi_worker")
+    assert "\n" not in str(err.value)
+    assert "mirrored" in str(err.value)
+
+
+def test_a_tf_config_that_is_not_json_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TF_CONFIG", "workers: 2")
+    with pytest.raises(ConfigError, match=r"^TF_CONFIG: not valid JSON"):
+        distribution_strategy("multi_worker")

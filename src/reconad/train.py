@@ -272,12 +272,48 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
 
 
 def distribution_strategy(kind: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy named by ``train.distribute``."""
+    """The tf.distribute strategy named by ``train.distribute``.
+
+    Raises:
+        ConfigError: ``multi_worker`` with more than one worker in ``TF_CONFIG``.
+    """
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
     if kind == "multi_worker":
+        refuse_multi_worker_cluster(cluster_workers())
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def cluster_workers() -> int:
+    """Training tasks (chief and workers) in the cluster ``TF_CONFIG`` describes; 1 without one.
+
+    Raises:
+        ConfigError: ``TF_CONFIG`` is set but is not JSON.
+    """
+    try:
+        spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    except ValueError as exc:  # json.JSONDecodeError
+        raise ConfigError(f"TF_CONFIG: not valid JSON ({exc})") from exc
+    return max(1, sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs))
+
+
+def refuse_multi_worker_cluster(workers: int) -> None:
+    """Stop before MultiWorkerMirroredStrategy joins a cluster whose training would crash.
+
+    Keras 3's ``Model.fit`` (checked with 3.15 on TensorFlow 2.21) fails on two or more
+    workers: it all-reduces a nested data batch to build the model, which tf.distribute
+    does not support, and then reduces the scalar logs along an axis they do not have.
+    ``tests/test_distribute.py`` keeps a two-worker canary of plain Keras that fails
+    while this holds. Without the check, every worker would wait for its peers and then
+    end in a traceback.
+    """
+    if workers > 1:
+        raise ConfigError(
+            f"train.distribute: multi_worker: TF_CONFIG describes {workers} workers, but "
+            "Keras 3's Model.fit cannot train across workers; use `mirrored` (every GPU "
+            "of one machine) or unset TF_CONFIG"
+        )
 
 
 def relevant_params(params: Params, family: str) -> dict[str, Any]:
