@@ -176,7 +176,7 @@ def test_single_worker_multi_worker_strategy_trains(tmp_path: Path) -> None:
     check_trained_model(tmp_path, seen)
 
 
-KERAS_FIT_ON_ONE_WORKER = """
+KERAS_FIT_ON_EACH_WORKER = """
 import tensorflow as tf, keras
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -214,7 +214,7 @@ def test_keras_still_cannot_fit_on_two_workers(tmp_path: Path) -> None:
         )
         workers.append(
             subprocess.Popen(
-                [sys.executable, "-c", KERAS_FIT_ON_ONE_WORKER],
+                [sys.executable, "-c", KERAS_FIT_ON_EACH_WORKER],
                 cwd=tmp_path,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -222,7 +222,11 @@ def test_keras_still_cannot_fit_on_two_workers(tmp_path: Path) -> None:
                 text=True,
             )
         )
-    outputs = [worker.communicate(timeout=TIMEOUT_S)[0] for worker in workers]
+    try:
+        outputs = [worker.communicate(timeout=TIMEOUT_S)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
 
     for output in outputs:
         assert "FIT OK" not in output, (
