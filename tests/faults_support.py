@@ -11,6 +11,7 @@ import atexit
 import copy
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,13 @@ def make_raw_category(root: Path, category: str = "widget") -> Path:
         write_png(folder / "test" / "crack" / f"{index:03d}.png", texture(20 + index))
         write_png(folder / "ground_truth" / "crack" / f"{index:03d}_mask.png", disk_mask())
     return folder
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the moment of asking."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def subprocess_env(workdir: Path) -> dict[str, str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import keras
 import numpy as np
 import pytest
 
-from faults_support import TINY, subprocess_env, write_params
+from faults_support import TINY, free_port, subprocess_env, write_params
 from reconad import paths
 from reconad.config import load_params
 from reconad.data.fetch import fetch_dataset
@@ -192,12 +191,6 @@ except ValueError as exc:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_keras_still_cannot_fit_on_two_workers(tmp_path: Path) -> None:
     """Canary for ``train.refuse_multi_worker_cluster``: plain Keras, two local workers.
@@ -205,7 +198,7 @@ def test_keras_still_cannot_fit_on_two_workers(tmp_path: Path) -> None:
     When this starts to fail because the fit succeeds, Keras has fixed multi-worker
     training: lift the refusal and test reconad's trainer on two workers instead.
     """
-    cluster = {"worker": [f"localhost:{free_port()}" for _ in range(2)]}
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
     workers = []
     for index in range(2):
         env = subprocess_env(tmp_path)

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import socket
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
+from faults_support import free_port
 from reconad.config import Params
 from reconad.data.fetch import extract_categories, fetch_dataset, source_root
 from reconad.errors import DataError, DownloadError
@@ -229,10 +229,7 @@ def test_a_complete_partial_file_is_recognised(tmp_path: Path, server: Server) -
 
 
 def test_offline_is_a_one_line_download_error(tmp_path: Path, server: Server) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/mvtec_anomaly_detection.tar.xz"
+    url = f"http://127.0.0.1:{free_port()}/mvtec_anomaly_detection.tar.xz"
     with pytest.raises(DownloadError) as caught:
         fetch_dataset(_mvtec_params(["alpha"], url=url), tmp_path / "raw")
     message = str(caught.value)
