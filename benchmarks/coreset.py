@@ -35,7 +35,7 @@ from reconad.config import load_params  # noqa: E402
 from reconad.data.layout import CategoryData, load_split  # noqa: E402
 from reconad.memory_bank import coreset_bank  # noqa: E402
 from reconad.metrics import image_auroc, pixel_auroc  # noqa: E402
-from reconad.models.patch_ae import PatchAeDetector  # noqa: E402
+from reconad.models.patch_ae import MAP_NAME, PatchAeDetector  # noqa: E402
 from reconad.score import load_trained  # noqa: E402
 
 DEFAULT_FRACTION = 0.1
@@ -62,7 +62,7 @@ def score_with_bank(detector: PatchAeDetector, bank: np.ndarray, data: CategoryD
         batch_size=detector.batch_size,
     )
     start = time.perf_counter()
-    maps = next(iter(probe.anomaly_maps(data.test).values()))
+    maps = probe.anomaly_maps(data.test)[MAP_NAME]
     seconds = time.perf_counter() - start
     return BankScore(
         vectors=len(bank),

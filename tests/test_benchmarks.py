@@ -22,8 +22,7 @@ from pipeline_fixtures import REPO_DVC_YAML, repo_params
 from reconad.config import DatasetConfig, ElasticConfig, Params, PatchAeConfig
 from reconad.corrupt.elastic import elastic_patch_corruption
 from reconad.data.layout import CategoryData
-from reconad.memory_bank import build_bank
-from reconad.models.patch_ae import PatchAe, PatchAeDetector, encoder
+from reconad.models.patch_ae import PatchAe, PatchAeDetector
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = (
@@ -313,23 +312,25 @@ def _patch_category(size: int = 32) -> CategoryData:
     )
 
 
-def _patch_detector(data: CategoryData) -> PatchAeDetector:
+def _patch_detector(data: CategoryData, model_dir: Path) -> PatchAeDetector:
+    """A random-backbone Patch AE with its bank stored and loaded as training leaves it."""
     params = Params(
         dataset=DatasetConfig(categories=[data.category], image_size=data.image_size),
         patch_ae=PatchAeConfig(backbone="random", compressed_channels=4, decoder_channels=8),
     )
     keras.utils.set_random_seed(3)
-    model = PatchAe(params, channels=1).build()
-    features = encoder(model)(data.train).numpy()
-    return PatchAeDetector(
-        encoder(model), build_bank(features), sigma=1.0, chunk_size=64, batch_size=4
-    )
+    method = PatchAe(params, channels=1)
+    model = method.build()
+    method.after_training(model, data.train, model_dir)
+    detector = method.load_detector(model, model_dir)
+    assert isinstance(detector, PatchAeDetector)
+    return detector
 
 
-def test_coreset_benchmark_compares_the_stored_bank_with_its_coreset() -> None:
+def test_coreset_benchmark_compares_the_stored_bank_with_its_coreset(tmp_path: Path) -> None:
     coreset = import_benchmark("coreset")
     data = _patch_category()
-    detector = _patch_detector(data)
+    detector = _patch_detector(data, tmp_path)
     full_vectors = len(detector.bank)
 
     row = coreset.compare_banks(detector, data, fraction=0.25, projection_dim=0, seed=0)
