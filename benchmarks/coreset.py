@@ -3,15 +3,20 @@
 PatchCore's coreset trades detection quality for a smaller bank and a faster kNN search.
 For every category that has a trained Patch AE model (``models/<variant>/<category>``,
 left by ``dvc exp run -S 'run.patch_ae=[patch_ae]'`` or by ``dvc repro`` with it in
-``run``), this scores the prepared test images twice through the pipeline's own detector:
-once with the bank training stored, once with its greedy coreset
-(``reconad.memory_bank.coreset_bank``, ``patch_ae.coreset_projection`` dimensions, the
-params' seed). It prints image and pixel AUROC of both, their difference, the bank sizes,
-the time the coreset selection takes and the scoring time of both banks measured in the
-same run. Categories without a trained model are skipped with a line saying so.
-From the repository root::
+``run``), loaded with ``reconad.models.trained.load_trained`` as calibration loads it,
+this scores the prepared test images twice through the pipeline's own detector
+(``reconad.memory_bank.MemoryBankDetector``, behind the same ``AdaptedDetector``): once
+with the full bank, the representation R of every training image as the model's encoder
+gives it (what training stores before thinning), once with that bank thinned as
+``patch_ae.bank`` says (``BankConfig.thinned``: greedy coreset, ``coreset_max``,
+``coreset_projection``, the params' seed) at ``--fraction`` (default
+``patch_ae.bank.coreset_fraction``). It prints image and pixel AUROC of both, their
+difference, the bank sizes (and the size training stored), the time the coreset
+selection takes and the scoring time of both banks measured in the same run: the full
+bank is the reference. Categories without a trained model are skipped with a line saying
+so. From the repository root::
 
-    python -m benchmarks.coreset                  # 10% coreset, every category in params.yaml
+    python -m benchmarks.coreset                  # patch_ae.bank, every category in params.yaml
     python -m benchmarks.coreset --fraction 0.01 --categories brick
 """
 
@@ -33,13 +38,10 @@ import numpy as np  # noqa: E402
 from reconad import paths  # noqa: E402
 from reconad.config import load_params  # noqa: E402
 from reconad.data.layout import CategoryData, load_split  # noqa: E402
-from reconad.memory_bank import coreset_bank  # noqa: E402
+from reconad.memory_bank import BankConfig, MemoryBankDetector, build_bank  # noqa: E402
 from reconad.metrics import image_auroc, pixel_auroc  # noqa: E402
-from reconad.models.patch_ae import MAP_NAME, PatchAeDetector  # noqa: E402
-from reconad.score import load_trained  # noqa: E402
-
-DEFAULT_FRACTION = 0.1
-"""The share of the bank the issue asks about (PatchCore uses 1-10%)."""
+from reconad.models.base import AdaptedDetector, adapt_images, batched_predict  # noqa: E402
+from reconad.models.trained import TrainedModel, load_trained  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -52,43 +54,65 @@ class BankScore:
     scoring_s: float
 
 
-def score_with_bank(detector: PatchAeDetector, bank: np.ndarray, data: CategoryData) -> BankScore:
-    """Score ``data.test`` with ``detector``'s encoder and smoothing but ``bank``."""
-    probe = PatchAeDetector(
-        detector.encoder,
-        bank,
-        sigma=detector.sigma,
-        chunk_size=detector.chunk_size,
-        batch_size=detector.batch_size,
+def memory_bank_detector(trained: TrainedModel) -> MemoryBankDetector:
+    """The Patch AE detector inside ``trained`` (loading wraps it in an AdaptedDetector).
+
+    Raises:
+        SystemExit: ``trained`` does not score with a memory bank.
+    """
+    detector = trained.detector
+    inner = detector.inner if isinstance(detector, AdaptedDetector) else detector
+    if not isinstance(inner, MemoryBankDetector):
+        raise SystemExit(
+            f"{trained.directory}: not a memory-bank model ({trained.description['method']})"
+        )
+    return inner
+
+
+def full_bank(trained: TrainedModel, data: CategoryData) -> np.ndarray:
+    """R of every training image, as training computes it before thinning the bank."""
+    inner = memory_bank_detector(trained)
+    size, channels = int(trained.description["image_size"]), int(trained.description["channels"])
+    train = adapt_images(data.train, size, channels).numpy()
+    return build_bank(batched_predict(inner.encoder, train, inner.batch_size))
+
+
+def score_with_bank(trained: TrainedModel, bank: np.ndarray, data: CategoryData) -> BankScore:
+    """Score ``data.test`` with ``trained``'s encoder and scoring settings but ``bank``."""
+    inner = memory_bank_detector(trained)
+    size, channels = int(trained.description["image_size"]), int(trained.description["channels"])
+    name = inner.map_names[0]
+    probe = AdaptedDetector(
+        MemoryBankDetector(inner.encoder, bank, name, inner.config, size, inner.batch_size),
+        size,
+        channels,
     )
     start = time.perf_counter()
-    maps = probe.anomaly_maps(data.test)[MAP_NAME]
+    scores = probe.score(data.test)
     seconds = time.perf_counter() - start
     return BankScore(
         vectors=len(bank),
-        image_auroc=image_auroc(probe.image_scores(maps), data.test_labels),
-        pixel_auroc=pixel_auroc(maps, data.test_masks),
+        image_auroc=image_auroc(scores.image_scores[name], data.test_labels),
+        pixel_auroc=pixel_auroc(scores.maps[name], data.test_masks),
         scoring_s=seconds,
     )
 
 
 def compare_banks(
-    detector: PatchAeDetector,
-    data: CategoryData,
-    fraction: float,
-    projection_dim: int,
-    seed: int,
+    trained: TrainedModel, data: CategoryData, bank_config: BankConfig, seed: int
 ) -> dict[str, Any]:
-    """Figures for the stored bank and its coreset, and how they differ."""
-    full_bank = detector.bank.numpy()
+    """Figures for the full bank and the bank ``bank_config`` thins it to, and how they
+    differ; the full bank is the reference."""
+    full_vectors = full_bank(trained, data)
     start = time.perf_counter()
-    reduced = coreset_bank(full_bank, fraction, projection_dim, seed)
+    reduced = bank_config.thinned(full_vectors, seed)
     selection_s = time.perf_counter() - start
-    full = score_with_bank(detector, full_bank, data)
-    core = score_with_bank(detector, reduced, data)
+    full = score_with_bank(trained, full_vectors, data)
+    core = score_with_bank(trained, reduced, data)
     return {
         "category": data.category,
-        "fraction": fraction,
+        "fraction": bank_config.coreset_fraction,
+        "stored_vectors": int(memory_bank_detector(trained).bank.shape[0]),
         "full": asdict(full),
         "coreset": asdict(core),
         "coreset_selection_s": selection_s,
@@ -102,38 +126,46 @@ def run(
     params_path: Path,
     variant: str,
     categories: Iterable[str] | None,
-    fraction: float,
+    fraction: float | None = None,
     models_root: Path = paths.MODELS_DIR,
     prepared_root: Path = paths.PREPARED_DIR,
 ) -> list[dict[str, Any]]:
-    """Compare banks for every category of ``variant`` that has a trained model."""
+    """Compare banks for every category of ``variant`` that has a trained model.
+
+    Args:
+        params_path: the ``params.yaml`` to score with (``patch_ae.score``, ``seed``).
+        variant: a Patch AE variant.
+        categories: default every category of ``params.yaml``.
+        fraction: share of the bank the coreset keeps; default
+            ``patch_ae.bank.coreset_fraction``.
+        models_root: where ``<variant>/<category>`` model directories are.
+        prepared_root: where the prepared categories are.
+    """
     params = load_params(params_path, variant)
     seed_everything(params.seed)
+    family = params.variant(variant).method
+    bank_config = getattr(params.family(family), "bank", None)
+    if not isinstance(bank_config, BankConfig):
+        raise SystemExit(f"{variant}: the {family} family has no memory bank")
+    if fraction is not None:
+        bank_config = BankConfig.model_validate(
+            {**bank_config.model_dump(), "coreset_fraction": fraction}
+        )
     rows = []
     for category in categories or params.dataset.categories:
         model_dir = models_root / variant / category
         if not (model_dir / paths.MODEL_SUBDIR).is_dir():
             print(f"{category}: skipped, no trained model in {model_dir}")
             continue
-        trained = load_trained(model_dir, params.score)
-        if not isinstance(trained.detector, PatchAeDetector):
-            raise SystemExit(f"{model_dir}: not a Patch AE model ({trained.description['method']})")
+        trained = load_trained(model_dir, params)
         data = load_split(paths.prepared_category(category, prepared_root))
-        rows.append(
-            compare_banks(
-                trained.detector,
-                data,
-                fraction,
-                params.patch_ae.coreset_projection,
-                params.seed,
-            )
-        )
+        rows.append(compare_banks(trained, data, bank_config, params.seed))
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = (
-        f"{'category':<10} {'bank':>8} {'coreset':>8} {'select s':>9} "
+        f"{'category':<10} {'bank':>8} {'stored':>8} {'coreset':>8} {'select s':>9} "
         f"{'img full':>9} {'img core':>9} {'diff':>7} {'pix full':>9} {'pix core':>9} "
         f"{'diff':>7} {'score s full':>13} {'score s core':>13} {'speed-up':>9}"
     )
@@ -142,7 +174,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         full, core = row["full"], row["coreset"]
         speedup = row["scoring_speedup"]
         lines.append(
-            f"{row['category']:<10} {full['vectors']:>8} {core['vectors']:>8} "
+            f"{row['category']:<10} {full['vectors']:>8} {row['stored_vectors']:>8} "
+            f"{core['vectors']:>8} "
             f"{row['coreset_selection_s']:>9.2f} {full['image_auroc']:>9.3f} "
             f"{core['image_auroc']:>9.3f} {row['image_auroc_difference']:>+7.3f} "
             f"{full['pixel_auroc']:>9.3f} {core['pixel_auroc']:>9.3f} "
@@ -158,11 +191,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--variant", default="patch_ae")
     parser.add_argument("--categories", nargs="+", default=None)
-    parser.add_argument("--fraction", type=float, default=DEFAULT_FRACTION)
+    parser.add_argument(
+        "--fraction", type=float, default=None, help="default: patch_ae.bank.coreset_fraction"
+    )
     args = parser.parse_args(argv)
     rows = run(args.params, args.variant, args.categories, args.fraction)
     if rows:
-        print(f"Patch AE ({args.variant}): stored memory bank vs its {args.fraction:.0%} coreset")
+        print(
+            f"Patch AE ({args.variant}): full memory bank vs its {rows[0]['fraction']:.0%} coreset"
+        )
         print(format_table(rows))
     else:
         print(f"no trained {args.variant} model: nothing to compare")

@@ -1,12 +1,14 @@
 """SDC-AE corruption throughput: tf.data against NumPy/OpenCV and against the training step.
 
 Measures three rates in one process, in images per second, at the active profile of
-``params.yaml`` (batch ``train.batch_size``, crops of the first and last
-``sdc_ae.schedule`` phases, one channel like the textures dataset,
-``corruption.elastic``), under the same seeds and op determinism as ``reconad train``:
+``params.yaml`` for an SDC-AE variant (default ``sdc_restore``; batch
+``sdc_ae.train.batch_size``, crops of the first and last ``sdc_ae.train.phases``, one
+channel like the textures dataset, ``sdc_ae.corruption`` at the network's image size,
+``ElasticOp.at_size``), under the same seeds and op determinism as ``reconad train``:
 
 - ``tf.data``: :func:`reconad.data.pipeline.training_dataset` with ``SdcAe.make_pairs``
-  on random images of ``dataset.image_size`` (crop, augment, corrupt, batch, prefetch);
+  on random images of the size the SDC-AE sees (crop, augment when
+  ``sdc_ae.train.augment``, corrupt, batch, prefetch);
 - ``reference``: :func:`reference_corruption`, a straightforward per-image NumPy/OpenCV
   implementation of the same corruption, on as many ready-made crops;
 - ``training``: ``model.train_on_batch`` of the SDC-AE compiled as ``reconad train``
@@ -39,18 +41,22 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.common import random_images  # noqa: E402
-from reconad.config import ElasticConfig, Params, load_params  # noqa: E402
+from reconad.config import Params, load_params  # noqa: E402
 from reconad.corrupt.elastic import (  # noqa: E402
     DISK_FADE,
     FALLBACK_SHIFT,
     MIN_CHANGE,
     MIN_SIDE,
+    ElasticOp,
 )
 from reconad.corrupt.fields import TRUNCATE  # noqa: E402
 from reconad.data.pipeline import training_dataset  # noqa: E402
 from reconad.errors import ConfigError  # noqa: E402
 from reconad.models.sdc_ae import SdcAe  # noqa: E402
-from reconad.train import compiled_model  # noqa: E402
+from reconad.train import compiled_model, make_method  # noqa: E402
+
+VARIANT = "sdc_restore"
+"""The SDC-AE variant whose corruption and network are measured."""
 
 CHANNELS = 1
 """The embedded textures dataset is grey."""
@@ -66,12 +72,13 @@ GOAL = 5.0
 
 
 def reference_corruption(
-    images: np.ndarray, cfg: ElasticConfig, rng: np.random.Generator
+    images: np.ndarray, cfg: ElasticOp, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Elastic patch corruption written per image and per patch with NumPy and OpenCV.
 
     Same recipe as :func:`reconad.corrupt.elastic.elastic_patch_corruption`, drawn from the
-    same ``cfg`` ranges: k patches of random side and position; replacement by elastic
+    same ``cfg`` ranges (pixels of the images given, as ``ElasticOp.at_size`` resolves
+    them): k patches of random side and position; replacement by elastic
     deformation (``alpha * G_sigma * U(-1, 1)`` displacements, ``cv2.GaussianBlur`` on noise
     larger by the kernel radius, ``cv2.remap`` bilinear with clamped borders), cut-out or
     swap, optional brightness shift; a disk mask fading by smoothstep, distorted by a
@@ -82,7 +89,7 @@ def reference_corruption(
 
     Args:
         images: float32 ``(B, H, W, C)`` in [0, 1].
-        cfg: the ``corruption.elastic`` section.
+        cfg: ``sdc_ae.corruption`` at the size of ``images`` (``ElasticOp.at_size``).
         rng: source of every random draw.
 
     Returns:
@@ -93,7 +100,7 @@ def reference_corruption(
         ConfigError: ``cfg.modes`` is empty.
     """
     if not cfg.modes:
-        raise ConfigError("corruption.elastic.modes: needs at least one of elastic, zeros, swap")
+        raise ConfigError("sdc_ae.corruption.modes: needs at least one of elastic, zeros, swap")
     x = np.asarray(images, dtype=np.float32)
     corrupted = [_corrupt_image(image, cfg, rng) for image in x]
     x_hat = np.stack([image for image, _ in corrupted])
@@ -102,7 +109,7 @@ def reference_corruption(
 
 
 def _corrupt_image(
-    image: np.ndarray, cfg: ElasticConfig, rng: np.random.Generator
+    image: np.ndarray, cfg: ElasticOp, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """One ``(H, W, C)`` image: its corrupted copy and its ``(H, W)`` soft mask."""
     height, width = image.shape[:2]
@@ -120,17 +127,17 @@ def _corrupt_image(
     return _fallback(image, *boxes[0])
 
 
-def _patch_count(cfg: ElasticConfig, rng: np.random.Generator) -> int:
+def _patch_count(cfg: ElasticOp, rng: np.random.Generator) -> int:
     return int(rng.integers(cfg.patches_min, cfg.patches_max + 1))
 
 
 def _draw_box(
-    height: int, width: int, cfg: ElasticConfig, rng: np.random.Generator
+    height: int, width: int, cfg: ElasticOp, rng: np.random.Generator
 ) -> tuple[int, int, int]:
-    """``(top, left, side)`` of a square patch inside the image."""
+    """``(top, left, side)`` of a square patch inside the image; sides are in pixels."""
     short = min(height, width)
-    fraction = rng.uniform(cfg.size_min, cfg.size_max)
-    side = int(np.clip(round(fraction * short), min(MIN_SIDE, short), short))
+    drawn = rng.uniform(cfg.size_min, cfg.size_max)
+    side = int(np.clip(round(drawn), min(MIN_SIDE, short), short))
     return *_place(height, width, side, rng), side
 
 
@@ -163,7 +170,7 @@ def _replacement(
     top: int,
     left: int,
     side: int,
-    cfg: ElasticConfig,
+    cfg: ElasticOp,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """``(side, side, C)`` content for the box, by a mode drawn from ``cfg.modes``."""
@@ -185,7 +192,7 @@ def _elastic(
     top: int,
     left: int,
     side: int,
-    cfg: ElasticConfig,
+    cfg: ElasticOp,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """The box resampled bilinearly at displaced positions, reading from the whole image."""
@@ -223,31 +230,33 @@ def pipeline_rate(
     params: Params, method: SdcAe, images: np.ndarray, crop: int, batches: int
 ) -> tuple[float, tuple[tf.Tensor, tf.Tensor]]:
     """tf.data images/s at ``crop``, and one batch of its pairs for the training step."""
+    fit = method.fit_config()
     dataset = training_dataset(
         images,
         crop,
-        params.train.batch_size,
-        params.train.augment_for("default"),
+        fit.batch_size,
+        params.dataset.augment_for("default") if fit.augment else None,
         params.seed,
         method.make_pairs,
     )
     batches_iter = iter(dataset)
     pairs = next(batches_iter)
-    images_per_s = rate(lambda: next(batches_iter), batches, params.train.batch_size)
+    images_per_s = rate(lambda: next(batches_iter), batches, fit.batch_size)
     return images_per_s, pairs
 
 
-def reference_rate(params: Params, images: np.ndarray, crop: int, batches: int, seed: int) -> float:
-    """NumPy/OpenCV images/s at ``crop`` on ready-made batches of crops."""
+def reference_rate(method: SdcAe, images: np.ndarray, crop: int, batches: int, seed: int) -> float:
+    """NumPy/OpenCV images/s at ``crop`` on ready-made batches of crops.
+
+    The corruption is resolved at the network's image size, as ``SdcAe.make_pairs`` does
+    (patch sides are pixels of the image, whatever the crop).
+    """
     rng = np.random.default_rng(seed)
-    size = params.train.batch_size
+    size = method.fit_config().batch_size
+    op = ElasticOp.at_size(method.config.corruption, method.image_size)
     crops = _random_crops(images, crop, (WARMUP_BATCHES + batches) * size, rng)
     batch_iter = iter(np.split(crops, WARMUP_BATCHES + batches))
-    return rate(
-        lambda: reference_corruption(next(batch_iter), params.corruption.elastic, rng),
-        batches,
-        size,
-    )
+    return rate(lambda: reference_corruption(next(batch_iter), op, rng), batches, size)
 
 
 def _random_crops(
@@ -267,39 +276,53 @@ def training_rate(model: keras.Model, pairs: tuple[tf.Tensor, tf.Tensor], batche
     return rate(lambda: model.train_on_batch(inputs, targets), batches, int(inputs.shape[0]))
 
 
+def default_crops(method: SdcAe) -> list[int]:
+    """Crops of the first and last training phases (``crop: 0`` is the whole image)."""
+    phases = method.fit_config().phases
+    return sorted({phase.crop or method.image_size for phase in (phases[0], phases[-1])})
+
+
 def run(
     params_path: Path | str = "params.yaml",
     batches: int = 30,
     crops: Iterable[int] | None = None,
     seed: int | None = None,
+    variant: str = VARIANT,
 ) -> dict[str, Any]:
     """Measure the three rates at every crop.
 
     Args:
         params_path: the ``params.yaml`` whose active profile sets the sizes.
         batches: timed batches (or training steps) per rate and crop.
-        crops: crop sides; default the first and last ``sdc_ae.schedule`` phases.
+        crops: crop sides; default the first and last ``sdc_ae.train.phases``.
         seed: seeds images, pipeline and model; default ``params.seed``.
+        variant: an SDC-AE variant of ``params.yaml``.
 
     Returns:
         Sizes, plus one row per crop with ``tf_data``, ``reference`` and ``training`` in
         images/s and the ratios ``tf_data_over_reference`` and ``tf_data_over_training``.
+
+    Raises:
+        ConfigError: ``variant`` is not an SDC-AE variant, or a crop does not fit.
     """
     if batches < 1:
         raise ValueError(f"Expected batches >= 1, Received: batches={batches}")
-    params = load_params(params_path)
+    params = load_params(params_path, variant)
     seed = params.seed if seed is None else seed
     seed_everything(seed)
-    schedule = params.sdc_ae.schedule
-    crops = sorted({schedule[0].crop, schedule[-1].crop} if crops is None else set(crops))
-    method = SdcAe(params, CHANNELS)
-    method.check_image_size(params.dataset.image_size)
-    images = random_images(SOURCE_IMAGES, params.dataset.image_size, seed, CHANNELS)
+    method = make_method(params, variant, CHANNELS)
+    if not isinstance(method, SdcAe):
+        raise ConfigError(f"{variant}: not an SDC-AE variant (method {method.family})")
+    crops = default_crops(method) if crops is None else sorted(set(crops))
+    for crop in crops:
+        if not 0 < crop <= method.image_size:
+            raise ConfigError(f"crop {crop}: must lie in 1..{method.image_size} (the image size)")
+    images = random_images(SOURCE_IMAGES, method.image_size, seed, CHANNELS)
     model = compiled_model(params, method)
     rows = []
     for crop in crops:
         tf_data, pairs = pipeline_rate(params, method, images, crop, batches)
-        reference = reference_rate(params, images, crop, batches, seed)
+        reference = reference_rate(method, images, crop, batches, seed)
         training = training_rate(model, pairs, batches)
         rows.append(
             {
@@ -311,10 +334,12 @@ def run(
                 "tf_data_over_training": tf_data / training,
             }
         )
+    keras.backend.clear_session()
     return {
         "profile": params.profile,
-        "batch_size": params.train.batch_size,
-        "image_size": params.dataset.image_size,
+        "variant": variant,
+        "batch_size": method.fit_config().batch_size,
+        "image_size": method.image_size,
         "channels": CHANNELS,
         "batches": batches,
         "goal_tf_data_over_training": GOAL,
@@ -325,7 +350,8 @@ def run(
 def format_figures(figures: dict[str, Any]) -> str:
     """The table and ratios of :func:`run` as printable text."""
     lines = [
-        f"profile {figures['profile']}: batch {figures['batch_size']}, "
+        f"profile {figures['profile']}, {figures['variant']} at {figures['image_size']} px: "
+        f"batch {figures['batch_size']}, "
         f"{figures['channels']} channel, {figures['batches']} timed batches per rate "
         f"(images/s)",
         f"  {'crop':>5} {'tf.data':>9} {'reference':>10} {'training':>9} "
@@ -349,15 +375,16 @@ def _arguments() -> argparse.Namespace:
         "--crop",
         type=int,
         action="append",
-        help="crop side (repeatable); default: first and last sdc_ae.schedule phases",
+        help="crop side (repeatable); default: first and last sdc_ae.train.phases",
     )
     parser.add_argument("--seed", type=int, default=None, help="default: params seed")
+    parser.add_argument("--variant", default=VARIANT, help="an SDC-AE variant")
     return parser.parse_args()
 
 
 def main() -> None:
     args = _arguments()
-    print(format_figures(run(args.params, args.batches, args.crop, args.seed)))
+    print(format_figures(run(args.params, args.batches, args.crop, args.seed, args.variant)))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,12 @@ weights) and keeps its deps, params and outs, so ``dvc repro`` decides what to r
 exactly as it does for the real pipeline, in seconds and without TensorFlow. Shared by
 ``tests/test_dvc_dag.py`` (which stages a params change re-runs) and
 ``benchmarks/pipeline.py`` (how long DVC itself takes).
+
+Every method family has train, calibrate and evaluate stages
+(``<kind>_<family>@<variant>-<category>``), the ensemble too (``train_ensemble`` assembles
+into ``ensembles/``); :func:`stage_family` reads kind and family back from a stage name
+and :func:`downstream` follows the resolved DAG, so that callers derive stage sets and
+counts from what DVC resolves instead of hard-coding them.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ UP_TO_DATE = "Data and pipelines are up to date."
 """What ``dvc repro`` prints when no stage has anything to do."""
 
 DVC_TIMEOUT_S = 300
-"""Longest a single ``dvc`` call may take: a full stub repro of every family takes < 1 min."""
+"""Longest a single ``dvc`` call may take: a full stub repro of every family (one category)
+takes < 1 min."""
 
 STUB_STAGE = '''"""Stand-in for a reconad stage: fresh content in every output it is given."""
 import json
@@ -148,6 +155,39 @@ def inside(path: str, folder: str) -> bool:
     return Path(folder) in Path(path).parents
 
 
+def overlaps(first: str, second: str) -> bool:
+    """Whether two project paths are the same or one lies below the other."""
+    return first == second or inside(first, second) or inside(second, first)
+
+
+def stage_family(name: str) -> tuple[str, str] | None:
+    """``(kind, family)`` of a matrix stage ``<kind>_<family>@<variant>-<category>``
+    (``train_ensemble@sdc_ensemble-brick``: ``("train", "ensemble")``); None for a plain
+    stage (``fetch``, ``report``)."""
+    group, at, _ = name.partition("@")
+    kind, _, family = group.partition("_")
+    return (kind, family) if at and family else None
+
+
+def depends_on(later: StageView, earlier: StageView) -> bool:
+    """Whether ``later`` reads what ``earlier`` writes: one of its deps is, contains or lies
+    inside one of ``earlier``'s outs (``models`` contains ``models/<variant>/<cat>/model``)."""
+    return any(overlaps(dep, out) for dep in later.deps for out in earlier.outs)
+
+
+def downstream(stages: dict[str, StageView], seeds: set[str]) -> set[str]:
+    """``seeds`` and every stage that depends on them, directly or through other stages."""
+    reached = set(seeds)
+    frontier = list(seeds)
+    while frontier:
+        current = stages[frontier.pop()]
+        for name, stage in stages.items():
+            if name not in reached and depends_on(stage, current):
+                reached.add(name)
+                frontier.append(name)
+    return reached
+
+
 def stub_pipeline(project: Path, stages: dict[str, StageView]) -> None:
     """Replace every ``cmd`` of ``project/dvc.yaml`` by the stub stage, in place.
 
@@ -175,7 +215,7 @@ def stub_pipeline(project: Path, stages: dict[str, StageView]) -> None:
         stage["cmd"] = shlex.join([sys.executable, "stub_stage.py", *paths])
     dvc_yaml.write_text(yaml.safe_dump(definition, sort_keys=False), encoding="utf-8")
     for dep in every_dep:
-        if not any(dep == o or inside(dep, o) or inside(o, dep) for o in every_out):
+        if not any(overlaps(dep, out) for out in every_out):
             (project / dep).parent.mkdir(parents=True, exist_ok=True)
             (project / dep).write_text("# placeholder\n", encoding="utf-8")
 

@@ -1,13 +1,17 @@
 """Training throughput per method family, and the FLOP/s it reaches against a plain matmul.
 
-For each variant (default ``sdc_restore``, ``aesc_stain``, ``patch_ae``) at the active
-profile of ``params.yaml``: the real network (``Method.build``), compiled as ``reconad
-train`` compiles it (Adam, ``Method.loss``, ``train.jit_compile``), trained with
+For each variant (default: the first variant ``params.yaml`` defines for every family
+that trains, :func:`default_variants`; ``sdc_restore``, ``aesc_stain``, ``patch_ae`` in
+the repository) at the active profile of ``params.yaml``: the real network
+(``Method.build``), compiled as ``reconad train`` compiles it (Adam,
+``<family>.train.learning_rate``, ``Method.loss``, ``train.jit_compile``), trained with
 ``train_on_batch`` on one fixed batch of ``Method.make_pairs`` output (batch
-``train.batch_size``, crop = the family's largest training crop, one channel like the
-textures dataset; Patch AE uses the offline ``hed_vgg16`` backbone, frozen as in the
-quick profile). It prints ms/step, images/s and the FLOP/s of the step, and the FLOP/s of
-a square float32 ``tf.linalg.matmul`` of about the same work measured just before it.
+``<family>.train.batch_size``, crop = the family's largest training crop of
+``method.fit_config().phases``, ``crop: 0`` being the whole image the network sees, one
+channel like the textures dataset; Patch AE uses the offline ``hed_vgg16`` backbone,
+frozen as in the quick profile). It prints ms/step, images/s and the FLOP/s of the step,
+and the FLOP/s of a square float32 ``tf.linalg.matmul`` of about the same work measured
+just before it.
 
 FLOPs are counted from the TensorFlow graph of one training step (forward, loss and
 ``GradientTape`` gradients of the trainable weights, at the exact batch shape): every
@@ -37,12 +41,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.common import median_seconds  # noqa: E402
-from reconad.config import load_params  # noqa: E402
-from reconad.models import Method  # noqa: E402
+from reconad.config import Params, load_params  # noqa: E402
+from reconad.errors import ConfigError  # noqa: E402
+from reconad.models import FAMILIES, method_class  # noqa: E402
+from reconad.models.base import TrainedMethod  # noqa: E402
 from reconad.train import compiled_model, make_method  # noqa: E402
-
-VARIANTS = ("sdc_restore", "aesc_stain", "patch_ae")
-"""One variant per method family."""
 
 CHANNELS = 1
 """The embedded textures dataset is grey."""
@@ -161,12 +164,27 @@ def matmul_flops_per_s(side: int, repeats: int, seed: int) -> float:
     return 2.0 * side**3 / seconds
 
 
-def training_crop(method: Method) -> int:
-    """The largest crop the family trains on (its last progressive phase)."""
-    return max(phase.crop for phase in method.schedule())
+def default_variants(params: Params) -> tuple[str, ...]:
+    """One variant per family that trains (a :class:`TrainedMethod`), in the order of
+    :data:`reconad.models.FAMILIES`: the first one ``params.yaml`` defines."""
+    chosen = []
+    for family in FAMILIES:
+        if not issubclass(method_class(family), TrainedMethod):
+            continue
+        name = next((n for n, v in params.variants.items() if v.method == family), None)
+        if name is not None:
+            chosen.append(name)
+    return tuple(chosen)
 
 
-def training_batch(method: Method, batch: int, crop: int, seed: int) -> tuple[tf.Tensor, tf.Tensor]:
+def training_crop(method: TrainedMethod) -> int:
+    """The largest crop the family trains on; ``crop: 0`` is the whole image it sees."""
+    return max(phase.crop or method.image_size for phase in method.fit_config().phases)
+
+
+def training_batch(
+    method: TrainedMethod, batch: int, crop: int, seed: int
+) -> tuple[tf.Tensor, tf.Tensor]:
     """One ``make_pairs`` batch from random clean crops ``(batch, crop, crop, CHANNELS)``."""
     levels = np.random.default_rng(seed).integers(0, 256, (batch, crop, crop, CHANNELS))
     clean = tf.constant((levels / 255.0).astype(np.float32))
@@ -185,9 +203,11 @@ def measure_variant(
     """
     params = load_params(params_path, variant)
     method = make_method(params, variant, CHANNELS)
+    if not isinstance(method, TrainedMethod):
+        raise ConfigError(f"{variant}: the {method.family} family does not train")
     crop = training_crop(method) if crop is None else crop
     method.check_image_size(crop)
-    batch = params.train.batch_size
+    batch = method.fit_config().batch_size
     x, y = training_batch(method, batch, crop, seed)
     model = compiled_model(params, method)
     forward, step = step_flops(model, method.loss(), x, y)
@@ -215,7 +235,7 @@ def measure_variant(
 def run(
     params_path: Path | str = "params.yaml",
     steps: int = 5,
-    variants: Iterable[str] = VARIANTS,
+    variants: Iterable[str] | None = None,
     crop: int | None = None,
     seed: int | None = None,
 ) -> dict[str, Any]:
@@ -224,7 +244,8 @@ def run(
     Args:
         params_path: the ``params.yaml`` whose active profile sets the sizes.
         steps: timed training steps (and reference matmuls) per variant.
-        variants: variant names defined in ``params.yaml``.
+        variants: variant names defined in ``params.yaml``; default
+            :func:`default_variants`.
         crop: crop side for every variant; default each family's largest training crop.
         seed: seeds the batches, pairs and weights; default ``params.seed``.
 
@@ -237,6 +258,7 @@ def run(
     params = load_params(params_path)
     seed = params.seed if seed is None else seed
     seed_everything(seed)
+    variants = default_variants(params) if variants is None else tuple(variants)
     rows = [measure_variant(params_path, name, steps, crop, seed) for name in variants]
     return {
         "profile": params.profile,
@@ -272,7 +294,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument(
-        "--variant", action="append", help=f"repeatable; default: {', '.join(VARIANTS)}"
+        "--variant", action="append", help="repeatable; default: one per training family"
     )
     parser.add_argument("--crop", type=int, default=None, help="default: largest training crop")
     parser.add_argument("--seed", type=int, default=None, help="default: params seed")
@@ -281,7 +303,7 @@ def _arguments() -> argparse.Namespace:
 
 def main() -> None:
     args = _arguments()
-    figures = run(args.params, args.steps, args.variant or VARIANTS, args.crop, args.seed)
+    figures = run(args.params, args.steps, args.variant, args.crop, args.seed)
     print(format_figures(figures))
 
 

@@ -37,13 +37,13 @@ TINY: dict[str, Any] = {
     "dataset.image_size": 32,
     "dataset.categories": [CATEGORY],
     "dataset.textures": {"train": 8, "val": 4, "test_good": 4, "test_defect": 5},
-    "run": {"sdc_ae": [VARIANT], "aesc": [], "patch_ae": []},
-    "sdc_ae.width": 0.125,
-    "sdc_ae.dilations": [1, 2],
-    "sdc_ae.sdc_blocks": 1,
-    "sdc_ae.schedule": [{"crop": 32, "epochs": 2}],
-    "train.batch_size": 4,
-    "train.steps_per_epoch": 3,
+    "run": {"sdc_ae": [VARIANT], "aesc": [], "patch_ae": [], "ensemble": []},
+    "sdc_ae.network.width": 0.125,
+    "sdc_ae.network.dilations": [1, 2],
+    "sdc_ae.network.sdc_blocks": 1,
+    "sdc_ae.train.phases": [{"crop": 32, "epochs": 2}],
+    "sdc_ae.train.batch_size": 4,
+    "sdc_ae.train.steps_per_epoch": 3,
     "score.batch_size": 8,
     "evaluate.examples": 1,
 }
@@ -52,7 +52,7 @@ TINY: dict[str, Any] = {
 
 def write_params(directory: Path, **overrides: Any) -> Path:
     """``directory/params.yaml``: the repository's params, shrunk by :data:`TINY`, then
-    ``overrides`` (dotted keys, ``__`` for ``.``: ``train__learning_rate=1e-2``)."""
+    ``overrides`` (dotted keys, ``__`` for ``.``: ``sdc_ae__train__learning_rate=1e-2``)."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     wanted = {**TINY, **{key.replace("__", "."): value for key, value in overrides.items()}}
     for dotted, value in wanted.items():

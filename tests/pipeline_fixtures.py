@@ -35,6 +35,7 @@ def tiny_params() -> dict[str, Any]:
 
     One textures category at 32 px (12 train / 6 val / 16 test images), a 1/8-width
     SDC-AE with one dilated block trained for two epochs of three steps, one variant.
+    Profile-controlled values are set explicitly, so the run does not depend on the profile.
     """
     params = repo_params()
     params["dataset"].update(
@@ -43,15 +44,50 @@ def tiny_params() -> dict[str, Any]:
         image_size=32,
         textures={"train": 12, "val": 6, "test_good": 6, "test_defect": 10},
     )
-    params["run"] = {"sdc_ae": [TINY_VARIANT], "aesc": [], "patch_ae": []}
-    params["sdc_ae"].update(
-        width=0.125,
-        dilations=[1, 2],
-        sdc_blocks=1,
-        schedule=[{"crop": 32, "epochs": TINY_EPOCHS}],
+    params["run"] = {"sdc_ae": [TINY_VARIANT], "aesc": [], "patch_ae": [], "ensemble": []}
+    params["sdc_ae"]["network"].update(width=0.125, dilations=[1, 2], sdc_blocks=1)
+    params["sdc_ae"]["train"].update(
+        phases=[{"crop": 32, "epochs": TINY_EPOCHS}],
+        steps_per_epoch=3,
+        batch_size=4,
+        learning_rate=1e-3,
+        lr_schedule="constant",
     )
-    params["train"].update(steps_per_epoch=3, batch_size=4)
     params["evaluate"]["examples"] = 1
+    return params
+
+
+FAMILY_VARIANTS = {
+    "sdc_ae": "sdc_restore",
+    "aesc": "aesc_stain",
+    "patch_ae": "patch_ae",
+    "ensemble": "mixed_ensemble",
+}
+"""One variant of every method family; the ensemble mixes two families."""
+ENSEMBLE_MEMBERS = ["sdc_restore", "aesc_stain"]
+
+
+def with_every_family(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with one variant of every method family in ``run``."""
+    params["run"] = {family: [variant] for family, variant in FAMILY_VARIANTS.items()}
+    params["variants"][FAMILY_VARIANTS["ensemble"]] = {
+        "method": "ensemble",
+        "members": ENSEMBLE_MEMBERS,
+    }
+    return params
+
+
+def tiny_every_family_params() -> dict[str, Any]:
+    """:func:`tiny_params` with one tiny variant of every method family."""
+    params = with_every_family(tiny_params())
+    tiny_fit = {"steps_per_epoch": 2, "batch_size": 4, "learning_rate": 1e-3}
+    params["aesc"]["network"].update(
+        width=0.25, filters=[16, 32, 64, 128], dropout=[0.0, 0.0, 0.1, 0.2]
+    )
+    params["aesc"]["train"].update(phases=[{"crop": 0, "epochs": 1}], **tiny_fit)
+    params["patch_ae"]["network"].update(backbone="random", compressed_channels=8)
+    params["patch_ae"]["train"].update(phases=[{"crop": 0, "epochs": 1}], **tiny_fit)
+    params["patch_ae"]["bank"]["coreset_fraction"] = 0.5
     return params
 
 

@@ -8,39 +8,59 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 
-from reconad.config import (
-    AescConfig,
-    AescScoreConfig,
-    CorruptionConfig,
-    DatasetConfig,
-    Params,
-    ScoreConfig,
-)
+from reconad.config import Params, apply_overrides, params_from_dict
+from reconad.corrupt.stain import CORRUPTION_MODELS
 from reconad.errors import ConfigError
 from reconad.models import method_class
 from reconad.models.aesc import (
     Aesc,
     AescDetector,
     AescNetwork,
+    Config,
     McDropout,
+    ScoreConfig,
     build_network,
     mc_predict,
     p_norm_scores,
 )
+from reconad.models.base import Scores
 
 FILTERS = [4, 4, 8, 8, 8, 8]
 RATES = [0.0, 0.0, 0.1, 0.2, 0.3, 0.4]
 PASSES = 6
+VARIANT = "aesc_stain"
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
-def _params(aesc: dict | None = None, score: dict | None = None, size: int = 64) -> Params:
-    return Params(
-        dataset=DatasetConfig(categories=["grid"], image_size=size),
-        aesc=AescConfig(**{"filters": FILTERS, "width": 1.0, **(aesc or {})}),
-        corruption=CorruptionConfig(model="stain"),
-        score=ScoreConfig(batch_size=2, aesc=AescScoreConfig(**(score or {}))),
-    )
+def _params(
+    network: dict | None = None, score: dict | None = None, size: int = 64, **keys: object
+) -> Params:
+    """The repository's params, variant ``aesc_stain``, with a tiny AESc at ``size`` px;
+    ``network`` and ``score`` hold keys of ``aesc.network`` / ``aesc.score``, ``keys`` other
+    dotted keys under ``aesc``."""
+    overrides = {
+        "dataset.image_size": size,
+        "score.batch_size": 2,
+        "aesc.network.filters": FILTERS,
+        "aesc.network.width": 1.0,
+        **{f"aesc.network.{key}": value for key, value in (network or {}).items()},
+        **{f"aesc.score.{key}": value for key, value in (score or {}).items()},
+        **{f"aesc.{key}": value for key, value in keys.items()},
+    }
+    raw = yaml.safe_load(REPO_PARAMS.read_text(encoding="utf-8"))
+    return params_from_dict(apply_overrides(raw, overrides, "test", None), VARIANT)
+
+
+def _method(params: Params, channels: int = 1) -> Aesc:
+    return Aesc(params, VARIANT, channels)
+
+
+def _score_config(**fields: object) -> ScoreConfig:
+    """``aesc.score`` of the repository's params.yaml, ``fields`` applied."""
+    base = _params().family("aesc").score
+    return ScoreConfig.model_validate({**base.model_dump(), **fields})
 
 
 def _images(count: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -78,7 +98,7 @@ def network(aesc_model: keras.Model) -> AescNetwork:
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_output_shapes_for_any_multiple_of_64(channels: int) -> None:
-    model = Aesc(_params(), channels).build()
+    model = _method(_params(), channels).build()
     assert model.input_shape == (None, None, None, channels)
     for size in (64, 128):
         out = model(_images(2, size, channels), training=False)
@@ -87,30 +107,39 @@ def test_output_shapes_for_any_multiple_of_64(channels: int) -> None:
 
 
 def test_paper_widths_give_a_4x4x512_latent_at_256() -> None:
-    model = Aesc(_params({"filters": [16, 32, 64, 128, 256, 512], "width": 1.0}), 1).build()
+    raw = yaml.safe_load(REPO_PARAMS.read_text(encoding="utf-8"))
+    raw["profile"] = "paper"
+    paper = params_from_dict(raw, VARIANT)  # the repository's network at the paper's scale
+    assert paper.family("aesc").network.filters == [16, 32, 64, 128, 256, 512]
+    model = _method(paper).build()
     encoder = keras.Model(model.input, model.get_layer("enc5_drop").output)
     assert encoder(_images(1, 256, 1)).shape == (1, 4, 4, 512)
-    quick = Aesc(_params({"filters": [16, 32, 64, 128, 256, 512], "width": 0.25}), 1).build()
+    quick = _method(_params({"filters": [16, 32, 64, 128, 256, 512], "width": 0.25})).build()
     widths = [quick.get_layer(f"enc{d}_conv").filters for d in range(6)]
     assert widths == [4, 8, 16, 32, 64, 128]
     assert quick.get_layer("dec0_conv").filters == 4 and quick.get_layer("output").filters == 1
 
 
 def test_image_size_must_be_a_multiple_of_64() -> None:
-    method = Aesc(_params(), 1)
+    method = _method(_params())
     with pytest.raises(
-        ConfigError, match=r"dataset.image_size: AESc needs a multiple of 64 \(got 100\)"
+        ConfigError, match=r"aesc\.input\.size\b.*AESc needs a multiple of 64 \(got 100\)"
     ):
         method.check_image_size(100)
     method.check_image_size(128)
     method_class("aesc")(
-        _params({"filters": [4, 4, 4], "dropout": [0, 0, 0.1]}), 1
+        _params({"filters": [4, 4, 4], "dropout": [0, 0, 0.1]}), VARIANT, 1
     ).check_image_size(40)
+    cropped = _method(_params(**{"train.phases": [{"crop": 96, "epochs": 1}]}))
+    with pytest.raises(ConfigError, match=r"aesc\.train\.phases\[0\]\.crop: AESc needs a multiple"):
+        cropped.check_image_size(128)
+    with pytest.raises(ConfigError, match=r"aesc\.train\.phases\[0\]\.crop: 96 exceeds"):
+        cropped.check_image_size(64)
 
 
 def test_aesc_adds_five_skips_and_ae_none() -> None:
     def adds(skips: bool) -> list[str]:
-        model = Aesc(_params({"skips": skips}), 1).build()
+        model = _method(_params({"skips": skips})).build()
         return [layer.name for layer in model.layers if isinstance(layer, keras.layers.Add)]
 
     assert adds(True) == [f"dec{d}_skip" for d in (4, 3, 2, 1, 0)]
@@ -240,11 +269,15 @@ def test_p_norm_scores() -> None:
 
 
 def test_detector_maps_and_scores(aesc_model: keras.Model) -> None:
-    method = Aesc(_params(score={"map": "uncertainty", "p": 2.0, "mc_passes": 4}), 1)
+    method = _method(_params(score={"map": "uncertainty", "p": 2.0, "mc_passes": 4}))
     detector = method.load_detector(aesc_model, Path("unused"))
     assert detector.map_names == ("uncertainty", "residual")
     images = _images(3, 64, 1)
-    maps = detector.anomaly_maps(images)
+    scored = detector.score(images)
+    assert isinstance(scored, Scores) and list(scored.image_scores) == list(detector.map_names)
+    maps = scored.maps
+    for name in detector.map_names:
+        np.testing.assert_allclose(scored.image_scores[name], p_norm_scores(maps[name], 2.0))
     assert list(maps) == ["uncertainty", "residual"]
     assert all(m.shape == (3, 64, 64) and m.dtype == np.float32 for m in maps.values())
     residual = np.abs(images - aesc_model(images, training=False).numpy()).mean(axis=-1)
@@ -257,14 +290,17 @@ def test_detector_maps_and_scores(aesc_model: keras.Model) -> None:
 
 def test_detector_without_dropout_has_only_the_residual() -> None:
     model = build_network(1, FILTERS, 5, [0.0] * 6, False, seed=0)
-    detector = AescDetector(AescNetwork(model), AescScoreConfig(), 2, 0)
+    detector = AescDetector(AescNetwork(model), _score_config(map="residual"), 2, 0)
     assert detector.map_names == ("residual",)
-    with pytest.raises(ConfigError, match=r"score\.aesc\.map"):
-        AescDetector(AescNetwork(model), AescScoreConfig(map="uncertainty"), 2, 0)
+    scores = detector.score(_images(2, 64, 1))
+    assert list(scores.maps) == ["residual"] and scores.image_scores["residual"].shape == (2,)
+    with pytest.raises(ConfigError, match=r"aesc\.score\.map: 'uncertainty' needs"):
+        AescDetector(AescNetwork(model), _score_config(map="uncertainty"), 2, 0)
 
 
 def test_pairs_in_tf_data_and_their_loss() -> None:
-    method = Aesc(_params(), 1)
+    method = _method(_params())
+    assert method.config.corruption.model == "stain"  # set by the variant
     clean = _images(5, 64, 1)
     seeds = tf.data.Dataset.random(seed=3).batch(2)
     batches = tf.data.Dataset.from_tensor_slices(clean).batch(2)
@@ -279,7 +315,7 @@ def test_pairs_in_tf_data_and_their_loss() -> None:
 
 @pytest.mark.slow
 def test_one_training_step_with_the_shared_trainer_settings() -> None:
-    method = Aesc(_params(), 1)
+    method = _method(_params())
     seeds = tf.data.Dataset.random(seed=3).batch(2)
     batches = tf.data.Dataset.from_tensor_slices(_images(4, 64, 1)).batch(2)
     pairs = tf.data.Dataset.zip(batches, seeds).map(method.make_pairs)
@@ -287,3 +323,39 @@ def test_one_training_step_with_the_shared_trainer_settings() -> None:
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=method.loss())
     history = model.fit(pairs, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_method_reads_the_aesc_block() -> None:
+    method = _method(_params(), channels=3)
+    assert method_class("aesc") is Aesc and Aesc.Config is Config
+    assert method.config is method.params.family("aesc")
+    assert method.fit_config() is method.config.train
+    assert method.image_size == 64
+    assert method.channels == 3  # input.color auto: as prepared
+    grey = _method(_params(**{"input.color": "grey", "input.size": 128}), channels=3)
+    assert (grey.channels, grey.image_size) == (1, 128)
+    assert grey.build().input_shape == (None, None, None, 1)
+
+
+def test_variants_choose_skips_and_corruption() -> None:
+    raw = yaml.safe_load(REPO_PARAMS.read_text(encoding="utf-8"))
+    plain = params_from_dict(raw, "ae_stain").family("aesc")
+    assert plain.network.skips is False and plain.corruption.model == "stain"
+    assert params_from_dict(raw, "aesc_none").family("aesc").corruption.model == "none"
+
+
+def test_corruption_models_are_validated_with_the_key() -> None:
+    assert set(CORRUPTION_MODELS) == {"stain", "scratch", "drops", "gaussian"} | {
+        "mix1",
+        "mix2",
+        "none",
+    }
+    raw = yaml.safe_load(REPO_PARAMS.read_text(encoding="utf-8"))
+    for model in CORRUPTION_MODELS:
+        chosen = apply_overrides(raw, {"aesc.corruption.model": model}, "test", None)
+        assert params_from_dict(chosen).family("aesc").corruption.model == model
+    blur = apply_overrides(raw, {"aesc.corruption.model": "blur"}, "test", None)
+    with pytest.raises(ConfigError, match=r"(^|: )aesc\.corruption\.model: "):
+        params_from_dict(blur).family("aesc")
+    with pytest.raises(ConfigError, match=r"aesc\.network\.dropout: needs one rate per depth"):
+        _params({"dropout": [0.0, 0.1]}).family("aesc")

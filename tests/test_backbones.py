@@ -1,22 +1,49 @@
-"""Patch AE backbones: offline HED VGG16 weights, strides, preprocessing, weight errors."""
+"""Patch AE backbones: offline HED VGG16 weights, layers and strides, multi-scale patch
+features, preprocessing, weight and layer errors."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import h5py
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras.src.utils import file_utils
 
+from reconad.config import load_params
 from reconad.errors import ConfigError
 from reconad.models.backbones import (
     CAFFE_MEAN_BGR,
     HED_MEAN_BGR,
+    RESNET_LAYERS,
+    VGG_LAYERS,
+    BackboneConfig,
     CaffePreprocess,
     build_backbone,
+    default_layers,
     freeze_batch_norm,
     imagenet_weights_file,
+    layer_strides,
+    patch_features,
 )
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@pytest.fixture(scope="module")
+def random_rgb() -> keras.Model:
+    """The randomly initialised VGG16 with the default layers (block3_conv3, block4_conv3)."""
+    keras.utils.set_random_seed(2)
+    return build_backbone("random", None, channels=3)
+
+
+def _network_config(**overrides: object) -> BackboneConfig:
+    """``patch_ae.network`` of the repository's params.yaml as a BackboneConfig."""
+    network = load_params(REPO_PARAMS, "patch_ae").family("patch_ae").network
+    fields = {key: getattr(network, key) for key in BackboneConfig.model_fields}
+    return BackboneConfig.model_validate({**fields, **overrides})
 
 
 def _no_download(*args, **kwargs):
@@ -34,23 +61,104 @@ def test_hed_vgg16_loads_pretrained_weights_offline(offline: None) -> None:
 
     backbone = build_backbone("hed_vgg16", None, channels=3)
     fine, coarse = backbone(np.random.default_rng(0).random((2, 64, 48, 3), dtype=np.float32))
-    assert fine.shape == (2, 8, 6, 512)
-    assert coarse.shape == (2, 4, 3, 512)
+    assert fine.shape == (2, 16, 12, 256)  # block3_conv3, stride 4
+    assert coarse.shape == (2, 8, 6, 512)  # block4_conv3, stride 8
     vgg = backbone.get_layer("vgg16_features")
+    assert vgg.layers[-1].name == "block4_conv3"  # the network ends at the deepest layer used
     with h5py.File(BUNDLED_WEIGHTS, "r") as weights:
         first = weights["block1/layers/conv2d/vars/0"][()]
-        last = weights["block5/layers/conv2d_2/vars/0"][()]
-        last_bias = weights["block5/layers/conv2d_2/vars/1"][()]
+        last = weights["block4/layers/conv2d_2/vars/0"][()]
+        last_bias = weights["block4/layers/conv2d_2/vars/1"][()]
     np.testing.assert_array_equal(vgg.get_layer("block1_conv1").get_weights()[0], first)
-    np.testing.assert_array_equal(vgg.get_layer("block5_conv3").get_weights()[0], last)
-    np.testing.assert_array_equal(vgg.get_layer("block5_conv3").get_weights()[1], last_bias)
+    np.testing.assert_array_equal(vgg.get_layer("block4_conv3").get_weights()[0], last)
+    np.testing.assert_array_equal(vgg.get_layer("block4_conv3").get_weights()[1], last_bias)
 
 
 def test_random_backbone_strides_for_grey_input() -> None:
     backbone = build_backbone("random", None, channels=1)
     fine, coarse = backbone(np.zeros((1, 48, 64, 1), np.float32))
-    assert fine.shape == (1, 6, 8, 512)
-    assert coarse.shape == (1, 3, 4, 512)
+    assert fine.shape == (1, 12, 16, 256)
+    assert coarse.shape == (1, 6, 8, 512)
+    assert layer_strides(backbone) == [4, 8]
+
+
+def test_default_layers_per_backbone() -> None:
+    assert VGG_LAYERS == ("block3_conv3", "block4_conv3")
+    for name in ("hed_vgg16", "file", "random"):
+        assert default_layers(name) == VGG_LAYERS
+    assert default_layers("resnet50") == RESNET_LAYERS["resnet50"]
+    assert default_layers("resnet101") == ("conv3_block4_out", "conv4_block23_out")
+    assert _network_config().layers is None  # the repository uses the defaults
+
+
+def test_chosen_layers_and_their_strides() -> None:
+    backbone = build_backbone("random", None, 3, ["block2_conv2", "block4_conv3", "block5_conv3"])
+    assert layer_strides(backbone) == [2, 8, 16]
+    assert layer_strides(backbone, probe=128) == [2, 8, 16]
+    outputs = backbone(np.zeros((1, 64, 32, 3), np.float32))
+    assert [tuple(o.shape) for o in outputs] == [(1, 32, 16, 128), (1, 8, 4, 512), (1, 4, 2, 512)]
+
+
+def test_unknown_layer_is_a_config_error_naming_it() -> None:
+    with pytest.raises(ConfigError, match=r"layers: 'block6_conv1' is not a layer of backbone"):
+        build_backbone("random", None, 3, ["block3_conv3", "block6_conv1"])
+    config = _network_config(backbone="random", layers=["block4_conv3", "conv4_block6_out"])
+    with pytest.raises(
+        ConfigError, match=r"^patch_ae\.network\.layers: 'conv4_block6_out'"
+    ) as caught:
+        config.build(3, "patch_ae")
+    assert "'random'" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_unknown_backbone_names_the_key_of_the_family() -> None:
+    with pytest.raises(ConfigError, match=r"^patchcore\.network\.backbone: unknown backbone 'vit'"):
+        _network_config(backbone="vit").build(3, "patchcore")
+
+
+def test_patch_features_on_a_stride_8_grid(random_rgb: keras.Model) -> None:
+    """block3 (stride 4) is area-averaged 2 x 2 onto the stride-8 grid of block4; the two
+    are concatenated, finest first."""
+    features = patch_features(random_rgb, stride=8, aggregate=1)
+    images = np.random.default_rng(1).random((2, 64, 48, 3), dtype=np.float32)
+    merged = features(images).numpy()
+    assert merged.shape == (2, 8, 6, 256 + 512)
+    fine, coarse = (np.asarray(o) for o in random_rgb(images))
+    pooled = fine.reshape(2, 8, 2, 6, 2, 256).mean(axis=(2, 4))
+    np.testing.assert_allclose(merged[..., :256], pooled, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(merged[..., 256:], coarse, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_features_on_other_grids(random_rgb: keras.Model) -> None:
+    images = np.random.default_rng(2).random((1, 64, 64, 3), dtype=np.float32)
+    fine, coarse = (np.asarray(o) for o in random_rgb(images))
+    finer = patch_features(random_rgb, stride=4, aggregate=1)(images).numpy()
+    assert finer.shape == (1, 16, 16, 768)
+    np.testing.assert_allclose(finer[..., :256], fine, rtol=1e-5, atol=1e-5)
+    upsampled = keras.layers.UpSampling2D(2, interpolation="bilinear")(coarse).numpy()
+    np.testing.assert_allclose(finer[..., 256:], upsampled, rtol=1e-5, atol=1e-4)
+    coarser = patch_features(random_rgb, stride=16, aggregate=1)(images).numpy()
+    assert coarser.shape == (1, 4, 4, 768)
+    np.testing.assert_allclose(
+        coarser[..., 256:], coarse.reshape(1, 4, 2, 4, 2, 512).mean(axis=(2, 4)), atol=1e-4
+    )
+
+
+def test_patch_features_aggregate_neighbourhoods(random_rgb: keras.Model) -> None:
+    """aggregate 3: each layer is first averaged over its 3 x 3 neighbourhood (stride 1)."""
+    images = np.random.default_rng(3).random((1, 32, 32, 3), dtype=np.float32)
+    merged = patch_features(random_rgb, stride=8, aggregate=3)(images).numpy()
+    assert merged.shape == (1, 4, 4, 768)
+    fine, coarse = (np.asarray(o) for o in random_rgb(images))
+    averaged = tf.nn.avg_pool2d(coarse, 3, 1, "SAME").numpy()
+    np.testing.assert_allclose(merged[..., 256:], averaged, rtol=1e-5, atol=1e-4)
+    # an interior position of the coarse map: the mean of its 3 x 3 neighbours
+    np.testing.assert_allclose(
+        merged[0, 1, 2, 256:], coarse[0, 0:3, 1:4].mean(axis=(0, 1)), rtol=1e-5, atol=1e-4
+    )
+    fine_averaged = tf.nn.avg_pool2d(fine, 3, 1, "SAME").numpy()
+    pooled = fine_averaged.reshape(1, 4, 2, 4, 2, 256).mean(axis=(2, 4))
+    np.testing.assert_allclose(merged[..., :256], pooled, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(merged, patch_features(random_rgb, 8, 1)(images).numpy())
 
 
 def test_caffe_preprocess_converts_grey_and_rgb_to_bgr_minus_mean() -> None:
@@ -87,8 +195,10 @@ def test_offline_imagenet_error_names_the_file_and_folder(
 
 
 def test_weights_file_errors(tmp_path) -> None:
-    with pytest.raises(ConfigError, match=r"patch_ae\.weights: required"):
+    with pytest.raises(ConfigError, match=r"^weights: required when backbone is 'file'"):
         build_backbone("file", None, channels=3)
+    with pytest.raises(ConfigError, match=r"^patch_ae\.network\.weights: required"):
+        _network_config(backbone="file", weights=None).build(3, "patch_ae")
     missing = tmp_path / "absent.h5"
     with pytest.raises(ConfigError, match=r"file not found: .*absent\.h5"):
         build_backbone("file", str(missing), channels=3)

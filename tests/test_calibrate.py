@@ -1,157 +1,196 @@
-"""Threshold calibration and the decision rule, checked against brute force and skimage."""
+"""The calibrate stage (``reconad.calibrate.calibrate_model``): thresholds of a model from
+the validation normals of its category only, all rules and the params in threshold.json.
+
+The model is a tiny SDC-AE saved as training saves it (untrained: calibration only needs
+maps). The prepared category is an in-memory stand-in whose test split raises when
+anything touches it. The rules themselves are tested in ``test_decision.py``.
+"""
 
 from __future__ import annotations
 
-import inspect
-import itertools
+import json
+import shutil
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from scipy import ndimage
-from skimage import measure
 
-from reconad.calibrate import (
-    component_threshold,
-    decide,
-    largest_component_sizes,
-    map_statistics,
-    percentile_threshold,
-)
+import reconad.calibrate
+from pipeline_fixtures import TINY_CATEGORY, TINY_VARIANT, tiny_params
+from reconad import paths
+from reconad.calibrate import calibrate_model
+from reconad.config import Params, params_from_dict
+from reconad.data.layout import CategoryData
+from reconad.decision import RULES, map_statistics, rule_thresholds
+from reconad.models.trained import load_trained
+from reconad.score import score_images
+from reconad.train import make_method, save_model
 
-AREAS = (1, 3, 10, 40, 150)
-
-
-def smooth_maps(seed: int, n: int = 5, size: int = 24, levels: int | None = None) -> np.ndarray:
-    """Spatially correlated noise, so that components grow gradually as t decreases."""
-    rng = np.random.default_rng(seed)
-    maps = ndimage.gaussian_filter(rng.random((n, size, size)), (0, 1.5, 1.5))
-    if levels is not None:
-        maps = np.round(maps * levels) / levels
-    return maps.astype(np.float32)
+SIZE = 32
+VAL_IMAGES = 6
+MIN_AREA_PX = {"default": 64, TINY_CATEGORY: 1024}
+"""At 32 px: 1 pixel by default, 16 pixels for the tiny category (1024 * (32/256)^2)."""
+PREPARED = Path("prepared-nowhere")
 
 
-def largest_by_skimage(binary: np.ndarray) -> int:
-    """Largest 8-connected component over a stack, one image at a time."""
-    sizes = [0]
-    for image in binary:
-        labelled = measure.label(image, connectivity=2)
-        sizes += np.bincount(labelled.ravel())[1:].tolist()
-    return max(sizes)
+class ForbiddenTouch(AssertionError):
+    """Raised by :class:`Untouchable`: calibration looked at test data."""
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("min_area", AREAS)
-def test_component_threshold_is_the_smallest_valid_candidate(seed: int, min_area: int) -> None:
-    val_maps = smooth_maps(seed)
-    threshold = component_threshold(val_maps, min_area)
-    candidates = np.unique(val_maps)
-    assert threshold in candidates
-    assert largest_by_skimage(val_maps > threshold) < min_area
-    lower = candidates[candidates < threshold]
-    if lower.size:
-        assert largest_by_skimage(val_maps > lower[-1]) >= min_area
+class Untouchable:
+    """Stands for a test array: any use of it is recorded and raises."""
+
+    def __init__(self, name: str, touches: list[str]) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_touches", touches)
+
+    def _touched(self, how: str) -> ForbiddenTouch:
+        name = object.__getattribute__(self, "_name")
+        object.__getattribute__(self, "_touches").append(f"{name}: {how}")
+        return ForbiddenTouch(f"calibration touched {name} ({how})")
+
+    def __getattribute__(self, attribute: str) -> Any:
+        raise object.__getattribute__(self, "_touched")(f".{attribute}")
+
+    def __len__(self) -> int:
+        raise object.__getattribute__(self, "_touched")("len()")
+
+    def __iter__(self) -> Any:
+        raise object.__getattribute__(self, "_touched")("iter()")
+
+    def __getitem__(self, key: Any) -> Any:
+        raise object.__getattribute__(self, "_touched")("[]")
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise object.__getattribute__(self, "_touched")("np.asarray()")
+
+    def __bool__(self) -> bool:
+        raise object.__getattribute__(self, "_touched")("bool()")
+
+    def __repr__(self) -> str:
+        return f"<untouchable {object.__getattribute__(self, '_name')}>"
 
 
-@pytest.mark.parametrize("levels", [None, 10])
-def test_component_threshold_equals_linear_scan(levels: int | None) -> None:
-    val_maps = smooth_maps(3, n=3, size=16, levels=levels)
-    for min_area in AREAS:
-        scan = next(t for t in np.unique(val_maps) if largest_by_skimage(val_maps > t) < min_area)
-        assert component_threshold(val_maps, min_area) == scan
+def images(seed: int, count: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((count, SIZE, SIZE, 1), dtype=np.float32)
 
 
-def test_component_threshold_decreases_with_area() -> None:
-    val_maps = smooth_maps(4)
-    thresholds = [component_threshold(val_maps, area) for area in AREAS]
-    assert all(a >= b for a, b in itertools.pairwise(thresholds))
-    assert thresholds[0] == val_maps.max()
-    assert thresholds[-1] < thresholds[0]
+def category_without_test(touches: list[str]) -> CategoryData:
+    """The tiny category with real train/val images and a test split that must not be used."""
+    return CategoryData(
+        category=TINY_CATEGORY,
+        color="grey",
+        image_size=SIZE,
+        train=images(1, 4),
+        val=images(2, VAL_IMAGES),
+        test=Untouchable("test", touches),
+        test_labels=Untouchable("test_labels", touches),
+        test_masks=Untouchable("test_masks", touches),
+        test_names=Untouchable("test_names", touches),
+        test_defects=Untouchable("test_defects", touches),
+        train_names=[f"train/good/{i:03d}.png" for i in range(4)],
+        val_names=[f"train/good/{i:03d}.png" for i in range(4, 4 + VAL_IMAGES)],
+    )
 
 
-def test_component_threshold_uses_only_the_validation_maps() -> None:
-    assert list(inspect.signature(component_threshold).parameters) == ["val_maps", "min_area"]
+def calibration_params(rule: str = "components") -> Params:
+    raw = tiny_params()
+    raw["calibrate"].update(rule=rule, min_defect_area_px=MIN_AREA_PX, target_fpr=0.2)
+    return params_from_dict(raw, variant=TINY_VARIANT)
 
 
-def test_calibrated_threshold_flags_no_validation_image() -> None:
-    val_maps = smooth_maps(5)
-    threshold = component_threshold(val_maps, 20)
-    image_pred, pixel_pred = decide(val_maps, threshold, 20)
-    assert not image_pred.any() and not pixel_pred.any()
-    lower = np.unique(val_maps)
-    lower = lower[lower < threshold][-1]
-    assert decide(val_maps, lower, 20)[0].any()
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDC-AE directory as ``reconad train`` writes it (read-only; tests copy it)."""
+    params = calibration_params()
+    method = make_method(params, TINY_VARIANT, 1)
+    model_dir = tmp_path_factory.mktemp("calibrate") / TINY_VARIANT / TINY_CATEGORY
+    (model_dir / paths.MODEL_SUBDIR).mkdir(parents=True)
+    save_model(
+        method.build(),
+        method,
+        category_without_test([]),
+        "no-run",
+        0.0,
+        model_dir / paths.MODEL_SUBDIR,
+    )
+    return model_dir
 
 
-def test_decide_drops_small_blobs_and_keeps_large_ones() -> None:
-    maps = np.zeros((3, 10, 10), dtype=np.float32)
-    maps[0, 1:3, 1:4] = 0.9  # 6 pixels
-    maps[0, 7:9, 7] = 0.8  # 2 pixels
-    maps[1, 5, 5] = 0.95  # 1 pixel
-    for step in range(4):  # a 4-pixel diagonal line: one 8-connected component
-        maps[2, step, step] = 0.7
-    image_pred, pixel_pred = decide(maps, threshold=0.5, min_area=4)
-    np.testing.assert_array_equal(image_pred, [True, False, True])
-    expected = np.zeros_like(pixel_pred)
-    expected[0, 1:3, 1:4] = True
-    expected[2] = maps[2] > 0.5
-    np.testing.assert_array_equal(pixel_pred, expected)
-    image_pred, pixel_pred = decide(maps, threshold=0.5, min_area=1)
-    np.testing.assert_array_equal(pixel_pred, maps > 0.5)
-    np.testing.assert_array_equal(image_pred, [True, True, True])
-    assert not decide(maps, threshold=0.9, min_area=1)[1][0].any()  # strictly above t
+@pytest.fixture
+def model_dir(saved_model: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(saved_model, tmp_path / TINY_VARIANT / TINY_CATEGORY))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_decide_matches_skimage_reference(seed: int) -> None:
-    maps = smooth_maps(seed + 10, n=4, size=20)
-    for threshold in np.quantile(maps, [0.5, 0.8, 0.95]):
-        for min_area in (1, 5, 25):
-            image_pred, pixel_pred = decide(maps, threshold, min_area)
-            for index, image in enumerate(maps):
-                labelled = measure.label(image > threshold, connectivity=2)
-                sizes = np.bincount(labelled.ravel())
-                big = [label for label in range(1, sizes.size) if sizes[label] >= min_area]
-                np.testing.assert_array_equal(pixel_pred[index], np.isin(labelled, big))
-                assert image_pred[index] == bool(big)
+@pytest.fixture
+def touches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Calibration reads the stand-in category; what touched its test split is listed."""
+    seen: list[str] = []
+
+    def load_split(category_dir: Path) -> CategoryData:
+        assert Path(category_dir) == paths.prepared_category(TINY_CATEGORY, PREPARED)
+        return category_without_test(seen)
+
+    monkeypatch.setattr(reconad.calibrate, "load_split", load_split)
+    return seen
 
 
-def test_largest_component_sizes_per_image() -> None:
-    binary = smooth_maps(6, n=4) > 0.52
-    binary[2] = False
-    expected = [largest_by_skimage(image[None]) for image in binary]
-    assert expected[2] == 0 and max(expected) > 1
-    np.testing.assert_array_equal(largest_component_sizes(binary), expected)
+def calibrate(params: Params, model_dir: Path) -> dict[str, Any]:
+    return calibrate_model(params, TINY_VARIANT, TINY_CATEGORY, PREPARED, model_dir)
 
 
-def test_percentile_threshold_over_all_pixels() -> None:
-    val_maps = smooth_maps(7)
-    threshold = percentile_threshold(val_maps, 99.0)
-    assert threshold == pytest.approx(np.percentile(val_maps.ravel(), 99.0))
-    assert np.mean(val_maps > threshold) == pytest.approx(0.01, abs=2 / val_maps.size)
+def test_calibration_reads_validation_images_only(model_dir: Path, touches: list[str]) -> None:
+    params = calibration_params()
+    calibration = calibrate(params, model_dir)
+    assert touches == []
+    assert calibration["validation_images"] == VAL_IMAGES
+    trained = load_trained(model_dir, params)
+    val_maps = score_images(trained.detector, images(2, VAL_IMAGES)).maps
+    for name, maps in val_maps.items():
+        expected = rule_thresholds(maps, 16, 0.2, params.calibrate.percentile)
+        stored = calibration["maps"][name]
+        assert {rule: stored[rule] for rule in RULES} == pytest.approx(expected, rel=1e-6)
+        assert stored["stats"] == pytest.approx(map_statistics(maps), rel=1e-6)
 
 
-def test_map_statistics() -> None:
-    val_maps = smooth_maps(8)
-    stats = map_statistics(val_maps)
-    assert set(stats) == {"mean", "std", "min", "p50", "p99", "max"}
-    assert all(type(value) is float for value in stats.values())
-    assert stats["mean"] == pytest.approx(float(np.mean(val_maps, dtype=np.float64)))
-    assert stats["std"] == pytest.approx(float(np.std(val_maps, dtype=np.float64)))
-    assert stats["p99"] == pytest.approx(float(np.percentile(val_maps, 99)))
-    assert stats["min"] <= stats["p50"] <= stats["p99"] <= stats["max"] == val_maps.max()
+def test_threshold_file_holds_every_rule_and_the_params(
+    model_dir: Path, touches: list[str]
+) -> None:
+    params = calibration_params("fpr")
+    returned = calibrate(params, model_dir)
+    stored = json.loads((model_dir / paths.THRESHOLD_FILE).read_text(encoding="utf-8"))
+    assert stored == returned
+    assert set(stored) == {
+        "rule",
+        "min_area",
+        "target_fpr",
+        "percentile",
+        "primary",
+        "validation_images",
+        "maps",
+        "params",
+    }
+    assert stored["rule"] == "fpr"
+    assert stored["min_area"] == 16, "the category's own area, rescaled to 32 px"
+    assert (stored["target_fpr"], stored["percentile"]) == (0.2, params.calibrate.percentile)
+    assert stored["primary"] == "residual"
+    assert set(stored["maps"]) == {"residual"}
+    for thresholds in stored["maps"].values():
+        assert set(thresholds) == {*RULES, "stats"}
+        assert all(type(thresholds[rule]) is float for rule in RULES)
+        assert set(thresholds["stats"]) == {"mean", "std", "min", "p50", "p99", "max"}
+    assert stored["params"] == params.raw()
+    assert Params.model_validate(stored["params"]).raw() == params.raw()
+    assert load_trained(model_dir).params.raw() == params.raw(), "predict scores with these"
+    assert touches == []
 
 
-def test_invalid_inputs_raise() -> None:
-    val_maps = smooth_maps(9)
-    with pytest.raises(ValueError, match="empty"):
-        component_threshold(np.zeros((0, 8, 8)), 4)
-    with pytest.raises(ValueError, match="min_area"):
-        component_threshold(val_maps, 0)
-    with pytest.raises(ValueError, match="min_area"):
-        decide(val_maps, 0.5, 0)
-    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
-        decide(val_maps[0], 0.5, 4)
-    with pytest.raises(ValueError, match="percentile"):
-        percentile_threshold(val_maps, 100.0)
-    with pytest.raises(ValueError, match="NaN"):
-        map_statistics(np.full((1, 4, 4), np.nan))
+def test_the_rule_only_chooses_which_stored_threshold_decides(
+    model_dir: Path, touches: list[str]
+) -> None:
+    calibrations = {rule: calibrate(calibration_params(rule), model_dir) for rule in RULES}
+    assert {rule: c["rule"] for rule, c in calibrations.items()} == {r: r for r in RULES}
+    maps = [c["maps"] for c in calibrations.values()]
+    assert all(m == maps[0] for m in maps)
+    assert touches == []

@@ -13,6 +13,8 @@ from scipy.interpolate import CubicHermiteSpline
 from scipy.spatial import cKDTree
 
 from reconad.corrupt.stain import (
+    CORRUPTION_MODELS,
+    CORRUPTIONS,
     DROPS_COUNT,
     DROPS_DIAMETER,
     GAUSSIAN_SIGMAS,
@@ -30,7 +32,7 @@ from reconad.corrupt.stain import (
 )
 
 LOCAL_MODELS = ("stain", "scratch", "drops", "mix1")
-ALL_MODELS = ("stain", "scratch", "drops", "gaussian", "mix1", "mix2", "none")
+ALL_MODELS = CORRUPTION_MODELS
 SEED = tf.constant([11, 5], tf.int64)
 
 
@@ -112,6 +114,13 @@ def test_runs_in_tf_data_with_unknown_batch_and_no_python_ops(model: str) -> Non
     )
     op_types = {op.type for op in concrete.graph.get_operations()}
     assert not op_types & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+
+
+def test_every_model_aesc_accepts_is_a_corruption_or_a_mixture() -> None:
+    assert set(CORRUPTION_MODELS) == set(CORRUPTIONS) | set(MIXTURES)
+    assert len(CORRUPTION_MODELS) == 7 and "stain" in CORRUPTION_MODELS
+    for parts in MIXTURES.values():
+        assert all(name in CORRUPTIONS for name, _ in parts)
 
 
 def test_unknown_model_is_refused() -> None:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from pydantic import ValidationError
 
-from reconad.config import CutPasteConfig
-from reconad.corrupt.cutpaste import cutpaste, cutpaste_with_mask
+from reconad.config import load_params
+from reconad.corrupt.cutpaste import CutPasteConfig, cutpaste, cutpaste_with_mask
 
 SEED = tf.constant([3, 14], tf.int64)
+REPO = load_params(Path(__file__).resolve().parents[1] / "params.yaml", "patch_ae")
+
+
+def _config(**overrides: object) -> CutPasteConfig:
+    """``patch_ae.corruption`` of the repository's params.yaml, ``overrides`` applied."""
+    base = REPO.family("patch_ae").corruption
+    return CutPasteConfig.model_validate({**base.model_dump(), **overrides})
 
 
 def _noise(batch: int, size: int, channels: int, seed: int = 0) -> tf.Tensor:
@@ -24,7 +34,7 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
 
 def test_only_the_masked_region_changes_and_range_is_kept() -> None:
     images = _noise(8, 32, 3)
-    config = CutPasteConfig(probability=1.0, scar_probability=0.5, jitter=0.3)
+    config = _config(probability=1.0, scar_probability=0.5, jitter=0.3)
     out, mask = cutpaste_with_mask(images, SEED, config)
     out, mask, images = out.numpy(), mask.numpy(), images.numpy()
     assert out.shape == images.shape
@@ -42,9 +52,7 @@ def test_only_the_masked_region_changes_and_range_is_kept() -> None:
 
 def test_rectangles_have_the_configured_area_and_come_from_the_image() -> None:
     images = _noise(6, 64, 1, seed=1)
-    config = CutPasteConfig(
-        probability=1.0, scar_probability=0.0, area_min=0.05, area_max=0.1, jitter=0.0
-    )
+    config = _config(probability=1.0, scar_probability=0.0, area_min=0.05, area_max=0.1, jitter=0.0)
     out, mask = cutpaste_with_mask(images, SEED, config)
     out, mask, images = out.numpy()[..., 0], mask.numpy()[..., 0], images.numpy()[..., 0]
     for image, pasted, region in zip(images, out, mask, strict=True):
@@ -59,7 +67,7 @@ def test_rectangles_have_the_configured_area_and_come_from_the_image() -> None:
 
 def test_scars_are_thin() -> None:
     images = _noise(16, 256, 3, seed=2)
-    config = CutPasteConfig(probability=1.0, scar_probability=1.0)
+    config = _config(probability=1.0, scar_probability=1.0)
     mask = cutpaste_with_mask(images, SEED, config)[1].numpy()[..., 0]
     areas = mask.sum(axis=(1, 2))
     assert areas.min() >= 1
@@ -68,17 +76,17 @@ def test_scars_are_thin() -> None:
 
 def test_probability_of_corruption() -> None:
     images = _noise(600, 16, 1, seed=3)
-    config = CutPasteConfig(probability=0.3, scar_probability=0.0)
+    config = _config(probability=0.3, scar_probability=0.0)
     mask = cutpaste_with_mask(images, SEED, config)[1].numpy()
     rate = (mask.sum(axis=(1, 2, 3)) > 0).mean()
     assert 0.24 <= rate <= 0.36
-    never = cutpaste(images, SEED, CutPasteConfig(probability=0.0)).numpy()
+    never = cutpaste(images, SEED, _config(probability=0.0)).numpy()
     np.testing.assert_array_equal(never, images.numpy())
 
 
 def test_same_seed_same_output_other_seed_other_output() -> None:
     images = _noise(4, 32, 3, seed=4)
-    config = CutPasteConfig(probability=1.0)
+    config = _config(probability=1.0)
     first = cutpaste(images, SEED, config).numpy()
     np.testing.assert_array_equal(first, cutpaste(images, SEED, config).numpy())
     other = cutpaste(images, tf.constant([3, 15], tf.int64), config).numpy()
@@ -86,7 +94,7 @@ def test_same_seed_same_output_other_seed_other_output() -> None:
 
 
 def test_pure_graph_with_unknown_batch_size_in_tf_data() -> None:
-    config = CutPasteConfig(probability=1.0)
+    config = _config(probability=1.0)
     traced = tf.function(lambda images, seed: cutpaste(images, seed, config))
     concrete = traced.get_concrete_function(
         tf.TensorSpec((None, 32, 32, 3), tf.float32), tf.TensorSpec((2,), tf.int64)
@@ -103,4 +111,26 @@ def test_pure_graph_with_unknown_batch_size_in_tf_data() -> None:
 
 def test_channels_must_be_known() -> None:
     with pytest.raises(ValueError, match="1 or 3 channels"):
-        cutpaste(tf.zeros((1, 8, 8, 2)), SEED, CutPasteConfig())
+        cutpaste(tf.zeros((1, 8, 8, 2)), SEED, _config())
+
+
+def test_repository_config_is_the_patch_ae_block() -> None:
+    config = REPO.family("patch_ae").corruption
+    assert isinstance(config, CutPasteConfig)
+    assert (config.probability, config.scar_probability) == (0.5, 0.5)
+    assert (config.area_min, config.area_max, config.jitter) == (0.02, 0.15, 0.1)
+    with pytest.raises(ValidationError, match="area_min"):
+        CutPasteConfig.model_validate({**config.model_dump(), "area_min": 0.0})
+    with pytest.raises(ValidationError, match="jitter"):
+        CutPasteConfig(probability=0.5, scar_probability=0.5, area_min=0.1, area_max=0.2)
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_scars_scale_with_the_image_side(size: int) -> None:
+    """Scar sides are CutPaste's 2-16 x 10-25 px at 256 px, scaled to the image side."""
+    images = _noise(16, size, 1, seed=6)
+    mask = cutpaste_with_mask(images, SEED, _config(probability=1.0, scar_probability=1.0))[1]
+    areas = mask.numpy().sum(axis=(1, 2, 3))
+    scale = size / 256
+    assert areas.min() >= 1
+    assert areas.max() <= (16 * scale + 2) * (25 * scale + 2)

@@ -29,6 +29,7 @@ from reconad.config import load_params
 from reconad.data.fetch import fetch_dataset
 from reconad.data.prepare import prepare_dataset
 from reconad.models import method_class
+from reconad.models.trained import load_trained
 
 VARIANT = "sdc_restore"
 CATEGORY = "brick"
@@ -36,10 +37,10 @@ LOGICAL_CPUS = 2
 IMAGE_SIZE = TINY["dataset.image_size"]
 TIMEOUT_S = 300
 SMALL_RUN: dict[str, Any] = {
-    "sdc_ae__width": 0.125,
-    "sdc_ae__schedule": [{"crop": 16, "epochs": 1}],
-    "train__steps_per_epoch": 2,
-    "train__batch_size": 4,
+    "sdc_ae__network__width": 0.125,
+    "sdc_ae__train__phases": [{"crop": 16, "epochs": 1}],
+    "sdc_ae__train__steps_per_epoch": 2,
+    "sdc_ae__train__batch_size": 4,
 }
 """On top of the fault tests' tiny params (``write_params`` keywords, ``__`` for ``.``): one
 epoch of two steps on 16-pixel crops, two per replica."""
@@ -132,7 +133,8 @@ def train_in_subprocess(workdir: Path, env_extra: dict[str, str] | None = None) 
 
 
 def check_trained_model(workdir: Path, seen: dict[str, Any]) -> None:
-    """Finite losses, and a saved model that loads and reconstructs a 32-pixel image."""
+    """Finite losses, and a saved model that loads (as a network and as a detector) and
+    reconstructs a 32-pixel image."""
     assert seen["epochs_run"] == 1
     assert {"loss", "val_loss"} <= set(seen["losses"])
     assert all(math.isfinite(value) for value in seen["losses"].values()), seen["losses"]
@@ -144,6 +146,11 @@ def check_trained_model(workdir: Path, seen: dict[str, Any]) -> None:
     reconstruction = np.asarray(model(image, training=False))
     assert reconstruction.shape == image.shape
     assert np.isfinite(reconstruction).all()
+    trained = load_trained(Path(seen["model_dir"]), params)
+    assert trained.description["method"] == "sdc_ae"
+    assert trained.description["image_size"] == IMAGE_SIZE
+    maps = trained.detector.score(image).maps[trained.primary_map]
+    assert maps.shape == (1, IMAGE_SIZE, IMAGE_SIZE) and np.isfinite(maps).all()
 
 
 @pytest.mark.slow

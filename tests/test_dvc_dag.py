@@ -1,9 +1,9 @@
 """The DVC pipeline of ``dvc.yaml`` + ``params.yaml``, as DVC itself resolves and runs it.
 
 Structure: the repository's two files are copied into a scratch git + DVC project with
-every method family switched on (``run.aesc: [aesc_stain]``, ``run.patch_ae: [patch_ae]``,
-an ensemble of ``sdc_restore`` and ``aesc_stain``) and inspected through ``dvc stage
-list``, ``dvc dag --dot`` and DVC's Python API.
+one variant of every method family switched on (an ensemble of ``sdc_restore`` and
+``aesc_stain`` among them) and inspected through ``dvc stage list``, ``dvc dag --dot`` and
+DVC's Python API.
 
 Behaviour: in a second scratch project every ``cmd`` is replaced by a stub that writes
 fresh content into the stage's outputs (as a real training writes new weights), keeping
@@ -35,20 +35,18 @@ from benchmarks.dvc_stub import (
     stub_pipeline,
 )
 
-from pipeline_fixtures import REPO_DVC_YAML, repo_params, write_yaml
+from pipeline_fixtures import (
+    FAMILY_VARIANTS,
+    REPO_DVC_YAML,
+    repo_params,
+    with_every_family,
+    write_yaml,
+)
 from reconad.cli import build_parser
+from reconad.models import FAMILIES, method_class
 
-FAMILY_VARIANTS = {
-    "sdc_ae": "sdc_restore",
-    "aesc": "aesc_stain",
-    "patch_ae": "patch_ae",
-    "ensemble": "mixed_ensemble",
-}
-TRAINED_FAMILIES = ("sdc_ae", "aesc", "patch_ae")
-ENSEMBLE_MEMBERS = ["sdc_restore", "aesc_stain"]
 CATEGORIES: tuple[str, ...] = tuple(repo_params()["dataset"]["categories"])
 MATRIX_KINDS = ("train", "calibrate", "evaluate")
-ENSEMBLE_KINDS = ("calibrate", "evaluate")
 
 
 def matrix_stages(kind: str, family: str, categories: tuple[str, ...] = CATEGORIES) -> set[str]:
@@ -57,8 +55,7 @@ def matrix_stages(kind: str, family: str, categories: tuple[str, ...] = CATEGORI
 
 
 def family_stages(family: str, categories: tuple[str, ...] = CATEGORIES) -> set[str]:
-    kinds = ENSEMBLE_KINDS if family == "ensemble" else MATRIX_KINDS
-    return set().union(*(matrix_stages(kind, family, categories) for kind in kinds))
+    return set().union(*(matrix_stages(kind, family, categories) for kind in MATRIX_KINDS))
 
 
 def pipeline_stages(categories: tuple[str, ...] = CATEGORIES) -> set[str]:
@@ -68,14 +65,13 @@ def pipeline_stages(categories: tuple[str, ...] = CATEGORIES) -> set[str]:
 
 def all_families_params(categories: tuple[str, ...] = CATEGORIES) -> dict[str, Any]:
     """The repository's params with one variant of every method family selected."""
-    params = repo_params()
-    params["run"] = {family: [variant] for family, variant in FAMILY_VARIANTS.items()}
-    params["variants"][FAMILY_VARIANTS["ensemble"]] = {
-        "method": "ensemble",
-        "members": ENSEMBLE_MEMBERS,
-    }
+    params = with_every_family(repo_params())
     params["dataset"]["categories"] = list(categories)
     return params
+
+
+def test_every_registered_family_has_a_variant_here() -> None:
+    assert set(FAMILY_VARIANTS) == set(FAMILIES)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +89,7 @@ def stages(project: Path) -> dict[str, StageView]:
 def test_stage_list_names_every_stage(project: Path) -> None:
     listed = dvc(project, "stage", "list", "--name-only").stdout.split()
     assert set(listed) == pipeline_stages()
-    assert len(listed) == 3 + (3 * 3 + 2) * len(CATEGORIES)
+    assert len(listed) == 3 + len(MATRIX_KINDS) * len(FAMILIES) * len(CATEGORIES)
 
 
 def test_repository_params_resolve(tmp_path: Path) -> None:
@@ -116,18 +112,36 @@ def test_every_cmd_is_a_valid_reconad_call(stages: dict[str, StageView]) -> None
 
 
 def test_only_sdc_training_lists_the_loss(stages: dict[str, StageView]) -> None:
-    for family in TRAINED_FAMILIES:
+    for family in FAMILIES:
         for name in matrix_stages("train", family):
             lists_loss = any(key.split(".")[0] == "loss" for key in stages[name].params)
             assert lists_loss == (family == "sdc_ae"), name
 
 
-def test_training_lists_its_variant_and_profile(stages: dict[str, StageView]) -> None:
+def test_every_stage_of_a_family_lists_its_variant_and_profile(
+    stages: dict[str, StageView],
+) -> None:
     profile = repo_params()["profile"]
-    for family in TRAINED_FAMILIES:
-        variant = FAMILY_VARIANTS[family]
+    for family, variant in FAMILY_VARIANTS.items():
+        for kind in MATRIX_KINDS:
+            for name in matrix_stages(kind, family):
+                listed = stages[name].params
+                assert f"profiles.{profile}" in listed, name
+                assert {f"variants.{variant}", "variants"} & listed, name
+
+
+def test_training_lists_only_its_own_family_blocks(stages: dict[str, StageView]) -> None:
+    """A family's training re-runs for its own settings, never another family's."""
+    for family in FAMILIES:
+        if family == "ensemble":
+            continue
+        others = {
+            block for name, entry in FAMILIES.items() if name != family for block in entry.blocks
+        }
         for name in matrix_stages("train", family):
-            assert {family, f"variants.{variant}", f"profiles.{profile}"} <= stages[name].params
+            heads = {key.split(".")[0] for key in stages[name].params}
+            assert set(FAMILIES[family].blocks) <= heads, name
+            assert not heads & others, name
 
 
 def test_every_listed_param_exists(stages: dict[str, StageView]) -> None:
@@ -141,10 +155,10 @@ def test_every_listed_param_exists(stages: dict[str, StageView]) -> None:
 
 
 def test_evaluation_depends_on_model_and_threshold(stages: dict[str, StageView]) -> None:
-    for family in TRAINED_FAMILIES:
-        variant = FAMILY_VARIANTS[family]
+    for family, variant in FAMILY_VARIANTS.items():
+        root = method_class(family).models_root.as_posix()
         for category in CATEGORIES:
-            model = f"models/{variant}/{category}"
+            model = f"{root}/{variant}/{category}"
             evaluate = stages[f"evaluate_{family}@{variant}-{category}"]
             assert {f"{model}/model", f"{model}/threshold.json"} <= evaluate.deps
             assert f"data/prepared/{category}" in evaluate.deps
@@ -158,13 +172,12 @@ def test_ensemble_depends_on_the_models_and_writes_outside_them(
     variant = FAMILY_VARIANTS["ensemble"]
     for category in CATEGORIES:
         ensemble = f"ensembles/{variant}/{category}"
-        calibrate = stages[f"calibrate_ensemble@{variant}-{category}"]
-        assert {"models", f"data/prepared/{category}"} <= calibrate.deps
-        assert f"variants.{variant}" in calibrate.params
-        assert set(calibrate.outs) == {ensemble}
-        evaluate = stages[f"evaluate_ensemble@{variant}-{category}"]
-        assert {"models", ensemble} <= evaluate.deps
-        assert set(evaluate.outs) == {f"reports/eval/{variant}/{category}"}
+        for kind in MATRIX_KINDS:
+            stage = stages[f"{kind}_ensemble@{variant}-{category}"]
+            assert {"models", f"data/prepared/{category}"} <= stage.deps
+            assert "variants" in stage.params
+            assert not any(out.startswith("models/") for out in stage.outs)
+        assert set(stages[f"train_ensemble@{variant}-{category}"].outs) == {f"{ensemble}/model"}
 
 
 def test_report_depends_on_every_evaluation(project: Path, stages: dict[str, StageView]) -> None:
@@ -232,7 +245,7 @@ def test_lambda_change_marks_only_sdc_training(history: ReproHistory) -> None:
 
 
 def test_lambda_change_reruns_the_sdc_branch_and_the_report(history: ReproHistory) -> None:
-    """The ensemble has an SDC-AE member, so it is part of the SDC branch."""
+    """The ensemble depends on every model, so it is part of the SDC branch."""
     sdc_branch = family_stages("sdc_ae", REPRO_CATEGORIES) | family_stages(
         "ensemble", REPRO_CATEGORIES
     )
@@ -248,11 +261,20 @@ def stages_of(kinds: tuple[str, ...], families: tuple[str, ...]) -> set[str]:
     }
 
 
+EVERY_KIND = ("train", "calibrate", "evaluate")
+SCORING = ("calibrate", "evaluate")
 PARAM_CHANGES: list[tuple[str, Any, set[str]]] = [
-    ("score.sdc_ae.sigma", 3.0, stages_of(ENSEMBLE_KINDS, ("sdc_ae", "ensemble"))),
-    ("corruption.model", "drops", stages_of(("train",), ("aesc",))),
-    ("corruption.cutpaste.jitter", 0.2, stages_of(("train",), ("patch_ae",))),
+    (
+        "sdc_ae.score.sigma_px",
+        3.0,
+        stages_of(SCORING, ("sdc_ae",)) | stages_of(EVERY_KIND, ("ensemble",)),
+    ),
+    ("aesc.corruption.model", "drops", stages_of(("train",), ("aesc",))),
+    ("patch_ae.corruption.jitter", 0.2, stages_of(("train",), ("patch_ae",))),
+    ("patch_ae.bank.coreset_max", 123, stages_of(("train",), ("patch_ae",))),
+    ("calibrate.target_fpr", 0.1, stages_of(("calibrate",), tuple(FAMILY_VARIANTS)) | {"report"}),
     ("evaluate.max_fpr", 0.2, stages_of(("evaluate",), tuple(FAMILY_VARIANTS))),
+    ("ensemble.image_score", "top_q_mean", stages_of(EVERY_KIND, ("ensemble",))),
     ("tracking.experiment", "elsewhere", set()),
 ]
 

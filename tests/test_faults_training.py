@@ -43,9 +43,9 @@ INTERRUPTED = "reconad: interrupted; run the same command again to resume"
 # Phase 0 has enough epochs to be interrupted three times; phase 1 shows that a phase
 # after a resumed one still runs all of its epochs.
 RESUMABLE: dict[str, Any] = {
-    "sdc_ae__schedule": [{"crop": 16, "epochs": 8}, {"crop": 32, "epochs": 2}],
-    "train__steps_per_epoch": 10,
-    "train__patience": 20,
+    "sdc_ae__train__phases": [{"crop": 16, "epochs": 8}, {"crop": 32, "epochs": 2}],
+    "sdc_ae__train__steps_per_epoch": 10,
+    "sdc_ae__train__patience": 20,
 }
 
 
@@ -146,7 +146,7 @@ def test_interrupted_training_resumes_after_its_last_epoch_and_only_with_the_sam
     weights_a = (run_a / "phase0/latest.weights.h5").read_bytes()
 
     # 2. Other params: a fresh start in its own checkpoint folder; SIGTERM unwinds cleanly.
-    write_params(workdir, **RESUMABLE, train__learning_rate=2e-3)
+    write_params(workdir, **RESUMABLE, sdc_ae__train__learning_rate=2e-3)
     other = Training(workdir, "2-other-params-sigterm")
     run_b = other.wait_for_epoch(above=0, exclude={run_a})
     _interrupted_cleanly(other, other.stop(signal.SIGTERM))
@@ -184,9 +184,9 @@ def test_a_nan_loss_stops_training_naming_phase_epoch_and_step(
 ) -> None:
     write_params(
         workdir,
-        sdc_ae__schedule=[{"crop": 32, "epochs": 3}],
-        train__steps_per_epoch=3,
-        train__batch_size=4,
+        sdc_ae__train__phases=[{"crop": 32, "epochs": 3}],
+        sdc_ae__train__steps_per_epoch=3,
+        sdc_ae__train__batch_size=4,
     )
     real_loss = reconad.models.sdc_ae.SdcAe.loss
 
@@ -207,7 +207,8 @@ def test_a_nan_loss_stops_training_naming_phase_epoch_and_step(
     assert_one_error(
         code,
         err,
-        "loss became nan at phase 0, epoch 2, step 1; lower train.learning_rate or check",
+        "loss became nan at phase 0, epoch 2, step 1; lower ",
+        "learning_rate or check the input images",
     )
     assert not MODEL_FILE.exists()
     runs = list(workdir.glob(f"{CHECKPOINTS}/*"))
@@ -219,10 +220,12 @@ def test_a_nan_loss_stops_training_naming_phase_epoch_and_step(
 def test_a_checkpoint_left_empty_by_a_power_loss_is_set_aside_and_the_phase_starts_over(
     workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    write_params(workdir, sdc_ae__schedule=[{"crop": 32, "epochs": 2}], train__steps_per_epoch=3)
+    write_params(
+        workdir, sdc_ae__train__phases=[{"crop": 32, "epochs": 2}], sdc_ae__train__steps_per_epoch=3
+    )
     params = load_params(workdir / "params.yaml", variant=VARIANT)
     data = load_split(workdir / "data" / "prepared" / CATEGORY)
-    backup = CHECKPOINTS / run_key(params, VARIANT, CATEGORY, data) / "phase0"
+    backup = CHECKPOINTS / run_key(params, VARIANT, data) / "phase0"
     backup.mkdir(parents=True)
     for name in ("latest.weights.h5", "training_metadata.json"):
         (backup / name).write_bytes(b"")

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from faults_support import free_port
-from reconad.config import Params
+from pipeline_fixtures import repo_params
+from reconad.config import Params, params_from_dict
 from reconad.data.fetch import extract_categories, fetch_dataset, source_root
 from reconad.errors import DataError, DownloadError
 
@@ -132,10 +133,16 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     thread.join()
 
 
+def _params(**dataset: object) -> Params:
+    """The repository's params with ``dataset`` keys replaced; no URL or checksum unless
+    given, so that nothing reaches the real download server."""
+    raw = repo_params()
+    raw["dataset"].update({"url": "", "sha256": "", **dataset})
+    return params_from_dict(raw)
+
+
 def _mvtec_params(categories: list[str], **dataset: object) -> Params:
-    return Params.model_validate(
-        {"dataset": {"name": "mvtec_ad", "categories": categories, "image_size": 32, **dataset}}
-    )
+    return _params(name="mvtec_ad", categories=categories, image_size=32, **dataset)
 
 
 def _sha(data: bytes) -> str:
@@ -337,9 +344,7 @@ def test_folder_dataset_is_checked_and_described(tmp_path: Path) -> None:
     for name, data in _category_members("alpha", 0).items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
-    params = Params.model_validate(
-        {"dataset": {"name": "folder", "root": str(root), "categories": ["alpha"]}}
-    )
+    params = _params(name="folder", root=str(root), categories=["alpha"])
     assert fetch_dataset(params, tmp_path / "raw") == root
     manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
     assert len(manifest["files"]) == 5 and manifest["source"] == str(root)
@@ -368,15 +373,11 @@ def test_mvtec_ad_extracted_copy_is_used_in_place(tmp_path: Path) -> None:
 
 def test_textures_are_built_and_described(tmp_path: Path) -> None:
     pytest.importorskip("reconad.data.textures")
-    params = Params.model_validate(
-        {
-            "dataset": {
-                "name": "textures",
-                "categories": ["grass"],
-                "image_size": 32,
-                "textures": {"train": 3, "val": 2, "test_good": 2, "test_defect": 2},
-            }
-        }
+    params = _params(
+        name="textures",
+        categories=["grass"],
+        image_size=32,
+        textures={"train": 3, "val": 2, "test_good": 2, "test_defect": 2},
     )
     root = fetch_dataset(params, tmp_path / "raw")
     assert root == tmp_path / "raw" / "textures" == source_root(params, tmp_path / "raw")

@@ -167,7 +167,15 @@ def test_model_config_describes_the_trained_model(pipeline: PipelineRun) -> None
         TINY_CATEGORY,
     )
     assert (config["image_size"], config["channels"]) == (32, 1)  # gravel textures are grey
-    assert config["params"]["sdc_ae"]["width"] == 0.125
+    assert (config["prepared_size"], config["color"]) == (32, "grey")
+    assert config["training_seconds"] > 0 and config["mlflow_run_id"]
+    stored = config["params"]
+    assert stored["sdc_ae"]["network"]["width"] == 0.125
+    assert stored["sdc_ae"]["train"]["phases"] == [{"crop": 32, "epochs": TINY_EPOCHS}]
+    assert stored["loss"] == {"objective": "restore", "lambda": 0.5}
+    # stored after the profile filled the nulls: the model can be loaded without a profile
+    assert stored["sdc_ae"]["network"]["dilations"] == [1, 2]
+    assert stored["sdc_ae"]["score"]["sigma_px"] == 4.0
 
 
 def test_calibration_stores_both_rules(pipeline: PipelineRun) -> None:
@@ -175,9 +183,14 @@ def test_calibration_stores_both_rules(pipeline: PipelineRun) -> None:
     assert calibration["rule"] == "components"
     assert calibration["primary"] == PRIMARY_MAP
     assert calibration["validation_images"] == 6
+    # calibrate.min_defect_area_px.default 64 at 256 px is 1 pixel at 32 px
+    assert calibration["min_area"] == 1
+    assert (calibration["target_fpr"], calibration["percentile"]) == (0.05, 99.5)
+    assert calibration["params"] == pipeline.json(MODEL_DIR / "model/config.json")["params"]
     thresholds = calibration["maps"][PRIMARY_MAP]
+    assert set(thresholds) == {"components", "fpr", "percentile", "stats"}
     stats = thresholds["stats"]
-    for rule in ("components", "percentile"):
+    for rule in ("components", "fpr", "percentile"):
         assert math.isfinite(thresholds[rule])
         assert stats["min"] <= thresholds[rule] <= stats["max"], rule
 
@@ -341,12 +354,15 @@ def test_mlflow_run_tracks_params_history_metrics_and_model(pipeline: PipelineRu
     assert run.info.run_id == pipeline.json(MODEL_DIR / "model/config.json")["mlflow_run_id"]
     assert (run.data.tags["variant"], run.data.tags["category"]) == (TINY_VARIANT, TINY_CATEGORY)
     params = run.data.params
-    assert (params["loss.objective"], params["loss.lambda"], params["sdc_ae.width"]) == (
-        "restore",
-        "0.5",
-        "0.125",
-    )
-    assert not [k for k in params if k.startswith(("aesc.", "patch_ae.", "score."))]
+    assert (
+        params["loss.objective"],
+        params["loss.lambda"],
+        params["sdc_ae.network.width"],
+        params["sdc_ae.train.steps_per_epoch"],
+        params["dataset.image_size"],
+    ) == ("restore", "0.5", "0.125", "3", "32")
+    untracked = ("aesc.", "patch_ae.", "ensemble.", "score.", "calibrate.", "evaluate.")
+    assert not [k for k in params if k.startswith(untracked)]
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(TINY_EPOCHS))
     evaluation = pipeline.json(EVAL_DIR / "metrics.json")[PRIMARY_MAP]
@@ -381,7 +397,7 @@ def test_calibrate_follows_the_score_params_of_params_yaml(
     for relative in ("params.yaml", CATEGORY_DIR, MODEL_DIR):
         copy(pipeline.path(relative), workdir / relative)
     params = tiny_params()
-    params["score"]["sdc_ae"]["smoothing"] = "none"
+    params["sdc_ae"]["score"]["smoothing"] = "none"
     write_yaml(workdir / "params.yaml", params)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)

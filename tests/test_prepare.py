@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from reconad.config import Params
+from pipeline_fixtures import repo_params
+from reconad.config import Params, params_from_dict
 from reconad.data.layout import list_categories, load_split, scan_category
 from reconad.data.prepare import draw_validation, prepare_category, prepare_dataset
 from reconad.errors import DataError
@@ -290,19 +291,19 @@ def test_load_split_reports_a_missing_split(tmp_path: Path) -> None:
         load_split(tmp_path / "widget")
 
 
+def _params(seed: int, **dataset: object) -> Params:
+    """The repository's params with ``seed`` and ``dataset`` keys replaced."""
+    raw = repo_params()
+    raw["seed"] = seed
+    raw["dataset"].update(dataset)
+    return params_from_dict(raw)
+
+
 def test_prepare_dataset_folder(tmp_path: Path) -> None:
     make_category(tmp_path / "mine", "alpha")
     make_category(tmp_path / "mine", "beta", rgb=False)
-    params = Params.model_validate(
-        {
-            "seed": 1,
-            "dataset": {
-                "name": "folder",
-                "root": str(tmp_path / "mine"),
-                "categories": ["alpha", "beta"],
-                "image_size": 32,
-            },
-        }
+    params = _params(
+        1, name="folder", root=str(tmp_path / "mine"), categories=["alpha", "beta"], image_size=32
     )
     reports = prepare_dataset(params, tmp_path / "raw", tmp_path / "prepared")
     assert [(r.category, r.color, r.image_size) for r in reports] == [
@@ -316,16 +317,12 @@ def test_prepare_dataset_textures_keeps_the_shipped_split(tmp_path: Path) -> Non
     pytest.importorskip("reconad.data.textures")
     from reconad.data.fetch import fetch_dataset
 
-    params = Params.model_validate(
-        {
-            "seed": 5,
-            "dataset": {
-                "name": "textures",
-                "categories": ["brick"],
-                "image_size": 32,
-                "textures": {"train": 4, "val": 2, "test_good": 2, "test_defect": 2},
-            },
-        }
+    params = _params(
+        5,
+        name="textures",
+        categories=["brick"],
+        image_size=32,
+        textures={"train": 4, "val": 2, "test_good": 2, "test_defect": 2},
     )
     raw = fetch_dataset(params, tmp_path / "raw")
     shipped = json.loads((raw / "brick" / "split.json").read_text())

@@ -1,4 +1,5 @@
-"""Training set-up: early stopping only where a variant asks for it; mixed precision."""
+"""Training set-up: early stopping only where a variant asks for it, mixed precision, the
+learning rate, the checks before training, and what the resume key depends on."""
 
 from __future__ import annotations
 
@@ -10,16 +11,38 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from reconad.config import load_params
+from pipeline_fixtures import REPO_PARAMS, TINY_CATEGORY, TINY_VARIANT, tiny_params
+from reconad.config import Params, load_params, params_from_dict
+from reconad.data.layout import CategoryData
 from reconad.errors import ConfigError
 from reconad.models import method_class
-from reconad.train import cluster_workers, distribution_strategy, dtype_policy, phase_callbacks
+from reconad.train import (
+    cluster_workers,
+    compiled_model,
+    distribution_strategy,
+    dtype_policy,
+    learning_rate,
+    make_method,
+    phase_callbacks,
+    relevant_params,
+    run_key,
+)
 
-REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+def _tiny(**changes: object) -> Params:
+    """The tiny params with dotted ``changes`` (``__`` for ``.``), as ``sdc_restore``."""
+    raw = tiny_params()
+    for dotted, value in changes.items():
+        node = raw
+        *parents, last = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return params_from_dict(raw, variant=TINY_VARIANT)
 
 
 def _early_stopping(patience: int | None, tmp_path: Path) -> list[keras.callbacks.EarlyStopping]:
-    callbacks = phase_callbacks(tmp_path, patience, phase=0, first_epoch=0)
+    callbacks = phase_callbacks(tmp_path, patience, phase=0, first_epoch=0, family="sdc_ae")
     return [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
 
 
@@ -34,17 +57,23 @@ def test_a_patience_stops_early_and_keeps_the_best_weights(tmp_path: Path) -> No
     assert stopping.monitor == "val_loss"
 
 
+def _patience(variant: str) -> int:
+    params = load_params(REPO_PARAMS, variant)
+    return params.family(params.variant(variant).method).train.patience
+
+
 def test_only_the_contrast_variant_stops_early_in_the_repo_params() -> None:
+    """Patience is per family (``<family>.train.patience``); 0 is off."""
     patience = {
-        variant: load_params(REPO_PARAMS, variant).train.patience
+        variant: _patience(variant)
         for variant in ("sdc_restore", "sdc_contrast", "sdc_model2", "aesc_stain", "patch_ae")
     }
     assert patience == {
-        "sdc_restore": None,
+        "sdc_restore": 0,
         "sdc_contrast": 6,
-        "sdc_model2": None,
-        "aesc_stain": None,
-        "patch_ae": None,
+        "sdc_model2": 0,
+        "aesc_stain": 0,
+        "patch_ae": 0,
     }
 
 
@@ -52,8 +81,8 @@ def test_only_the_contrast_variant_stops_early_in_the_repo_params() -> None:
 def test_mixed_precision_builds_float16_layers_and_leaves_the_global_policy(
     mixed: bool,
 ) -> None:
-    params = load_params(REPO_PARAMS, "sdc_restore")
-    method = method_class("sdc_ae")(params, 1)
+    params = _tiny()
+    method = method_class("sdc_ae")(params, TINY_VARIANT, 1)
     with dtype_policy(mixed):
         model = method.build()
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
@@ -65,8 +94,8 @@ def test_mixed_precision_builds_float16_layers_and_leaves_the_global_policy(
 
 
 def test_a_mixed_precision_training_step_has_a_finite_float32_loss() -> None:
-    params = load_params(REPO_PARAMS, "sdc_restore")
-    method = method_class("sdc_ae")(params, 1)
+    params = _tiny()
+    method = method_class("sdc_ae")(params, TINY_VARIANT, 1)
     with dtype_policy(True):
         model = method.build()
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=method.loss())
@@ -112,3 +141,89 @@ def test_a_tf_config_that_is_not_json_is_a_config_error(monkeypatch: pytest.Monk
     monkeypatch.setenv("TF_CONFIG", "workers: 2")
     with pytest.raises(ConfigError, match=r"^TF_CONFIG: not valid JSON"):
         distribution_strategy("multi_worker")
+
+
+@pytest.mark.parametrize(("schedule", "kind"), [("constant", float), ("cosine", "CosineDecay")])
+def test_learning_rate_is_constant_or_decays_to_zero_over_all_steps(
+    schedule: str, kind: type | str
+) -> None:
+    params = _tiny(sdc_ae__train__lr_schedule=schedule)
+    fit = make_method(params, TINY_VARIANT, 1).fit_config()
+    rate = learning_rate(fit)
+    if kind is float:
+        assert rate == pytest.approx(1e-3)
+        return
+    assert type(rate).__name__ == kind
+    total = fit.total_steps()
+    assert total == 2 * 3, "two epochs of three steps"
+    assert float(rate(0)) == pytest.approx(1e-3)
+    assert float(rate(total)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_crop_larger_than_the_image_is_refused_naming_the_phase() -> None:
+    params = _tiny(sdc_ae__train__phases=[{"crop": 16, "epochs": 1}, {"crop": 64, "epochs": 1}])
+    with pytest.raises(ConfigError, match=r"^sdc_ae\.train\.phases\[1\]\.crop: 64 exceeds .* 32"):
+        make_method(params, TINY_VARIANT, 1)
+
+
+def test_compiled_model_is_compiled_with_the_family_learning_rate() -> None:
+    params = _tiny()
+    method = make_method(params, TINY_VARIANT, 1)
+    model = compiled_model(params, method)
+    assert model.compiled
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
+    assert model.input_shape == (None, None, None, 1)
+
+
+def _data(seed: int = 0) -> CategoryData:
+    rng = np.random.default_rng(seed)
+    empty = np.zeros((0, 32, 32, 1), np.float32)
+    return CategoryData(
+        category=TINY_CATEGORY,
+        color="grey",
+        image_size=32,
+        train=rng.random((4, 32, 32, 1), dtype=np.float32),
+        val=rng.random((2, 32, 32, 1), dtype=np.float32),
+        test=empty,
+        test_labels=np.zeros(0, np.int64),
+        test_masks=np.zeros((0, 32, 32), bool),
+        test_names=[],
+        test_defects=[],
+        train_names=[],
+        val_names=[],
+    )
+
+
+def test_relevant_params_are_the_family_blocks_and_the_shared_training_loop() -> None:
+    params = _tiny()
+    sdc = relevant_params(params, "sdc_ae")
+    assert set(sdc) == {"seed", "dataset", "train", "sdc_ae", "loss"}
+    assert sdc["sdc_ae"] == params.raw()["sdc_ae"]
+    assert set(relevant_params(params, "aesc")) == {"seed", "dataset", "train", "aesc"}
+
+
+@pytest.mark.parametrize(
+    ("change", "retrains"),
+    [
+        ({"loss__lambda": 0.9}, True),
+        ({"sdc_ae__train__learning_rate": 2e-3}, True),
+        ({"seed": 7}, True),
+        ({"aesc__network__width": 0.25}, False),
+        ({"patch_ae__train__steps_per_epoch": 7}, False),
+        ({"calibrate__target_fpr": 0.2}, False),
+    ],
+)
+def test_the_resume_key_changes_with_what_determines_the_weights_only(
+    change: dict[str, object], retrains: bool
+) -> None:
+    key = run_key(_tiny(), TINY_VARIANT, _data())
+    assert (run_key(_tiny(**change), TINY_VARIANT, _data()) != key) is retrains
+
+
+def test_the_resume_key_changes_with_the_pixels_and_the_variant() -> None:
+    params = _tiny()
+    key = run_key(params, TINY_VARIANT, _data())
+    assert run_key(params, TINY_VARIANT, _data()) == key
+    assert run_key(params, TINY_VARIANT, _data(seed=1)) != key
+    assert run_key(params, "sdc_contrast", _data()) != key

@@ -14,12 +14,8 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from reconad.runtime import configure_environment
-
-if TYPE_CHECKING:
-    from reconad.config import Params
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -123,7 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict = stage("predict", run_predict, "score new images with a trained model")
     predict.add_argument("--model", type=Path, required=True, help="models/<variant>/<category>")
     predict.add_argument("--input", type=Path, required=True, help="an image or a folder")
-    predict.add_argument("--output", type=Path, required=True, help="folder for PNGs and JSON")
+    predict.add_argument("--output", type=Path, required=True, help="folder for maps and JSON")
+    predict.add_argument(
+        "--maps-format",
+        choices=("png", "tiff", "npy"),
+        default="png",
+        help="anomaly maps as a coloured PNG, or float32 scores (TIFF/NPY) at the image's size",
+    )
     return parser
 
 
@@ -152,38 +154,14 @@ def run_fetch(args: argparse.Namespace) -> None:
     from reconad import paths
     from reconad.data.fetch import fetch_dataset
 
-    params = load(args)
-    check_run_variants(args.params, params)
-    fetch_dataset(params, paths.RAW_DIR, downloads_dir=paths.DOWNLOADS_DIR)
+    fetch_dataset(load(args), paths.RAW_DIR, downloads_dir=paths.DOWNLOADS_DIR)
 
 
 def run_prepare(args: argparse.Namespace) -> None:
     from reconad import paths
     from reconad.data.prepare import prepare_dataset
 
-    params = load(args)
-    check_run_variants(args.params, params)
-    prepare_dataset(params, paths.RAW_DIR, paths.PREPARED_DIR)
-
-
-def check_run_variants(params_file: Path, params: Params) -> None:
-    """Refuse, before any data is fetched or written, an image size that a variant of
-    ``run`` cannot take: its train stage would otherwise fail only after fetch and prepare."""
-    from reconad.config import load_params
-    from reconad.errors import ConfigError
-    from reconad.models import method_class
-
-    for family, names in params.run.items():
-        for name in names:
-            variant = load_params(params_file, variant=name)
-            definition = variant.variant(name)
-            if definition.members:
-                continue
-            method = method_class(definition.method)(variant, 1)
-            try:
-                method.check_image_size(variant.dataset.image_size)
-            except ConfigError as exc:
-                raise ConfigError(f"{params_file}: run.{family}: {name}: {exc}") from exc
+    prepare_dataset(load(args), paths.RAW_DIR, paths.PREPARED_DIR)
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -240,7 +218,7 @@ def run_metrics(args: argparse.Namespace) -> None:
 def run_predict(args: argparse.Namespace) -> None:
     from reconad.predict import predict
 
-    for line in predict(args.model, args.input, args.output):
+    for line in predict(args.model, args.input, args.output, args.maps_format):
         print(line, flush=True)
 
 

@@ -1,37 +1,51 @@
 """``params.yaml`` read into a typed, validated, immutable configuration.
 
-The file has one section per concern (dataset, train, one per method family, loss,
-corruption, score, calibrate, evaluate, tracking). Two mechanisms layer values on top
-of it, in this order:
+The file has shared sections (``dataset``, ``train``, ``score``, ``calibrate``,
+``evaluate``, ``tracking``) and one block per method family (``sdc_ae``, ``aesc``, ...)
+holding everything that family reads: its input, network, training schedule,
+corruption, loss weights and scoring. A family's block is validated by the family's own
+schema (``Config`` in its module under ``reconad.models``), on first use, so that this
+module stays free of TensorFlow and a new family needs no edit here.
 
-1. ``profiles.<profile>``: dotted overrides that switch the whole run between the quick
-   CPU profile and the paper-scale profile (``dvc exp run -S profile=paper``);
-2. ``variants.<name>.set``: dotted overrides that make a *variant* (e.g. ``sdc_contrast``
-   is the SDC-AE family with ``loss.objective: contrast``).
+Three layers make the values a stage sees, in this order:
 
-Validation happens after both layers are applied, so an override cannot smuggle in a
-bad value. Any error is reported as one line naming the key and the allowed values.
+1. the file itself (``dvc exp run -S key=value`` edits it);
+2. ``variants.<name>.set``: dotted overrides that make a *variant* (``sdc_contrast`` is
+   the SDC-AE family with ``loss.objective: contrast``);
+3. ``profiles.<profile>``: the sizes and schedules of a profile (``quick``, ``cpu``,
+   ``paper``). A profile only fills the values left ``null`` by the two layers above, so
+   a value a user sets always wins over the profile.
+
+Validation happens after all three, so an override cannot smuggle in a bad value. Any
+error is reported as one line naming the key and the allowed values.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from reconad.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
-MethodName = Literal["sdc_ae", "aesc", "patch_ae", "ensemble"]
-METHOD_FAMILIES: tuple[str, ...] = ("sdc_ae", "aesc", "patch_ae", "ensemble")
+REFERENCE_SIZE = 256
+"""Settings named ``*_px`` are pixels of a 256 x 256 image: they scale with the image side
+(areas with its square), so changing an image size keeps a method the same."""
+
+ENSEMBLE = "ensemble"
+"""The family whose variants combine trained variants (``members``) instead of training."""
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegative = Annotated[int, Field(ge=0)]
+ImageSize = Annotated[int, Field(ge=32, le=2048, multiple_of=8)]
 
 
 class Section(BaseModel):
@@ -43,252 +57,188 @@ class Section(BaseModel):
 class TexturesConfig(Section):
     """Sizes of the embedded dataset, per category."""
 
-    train: Positive = 200
-    val: Positive = 40
-    test_good: Positive = 60
-    test_defect: Positive = 60
+    train: Positive
+    val: Positive
+    test_good: Positive
+    test_defect: Positive
+
+
+class AugmentConfig(Section):
+    rot90: bool
+    hflip: bool
+    vflip: bool
 
 
 class DatasetConfig(Section):
-    name: Literal["textures", "mvtec_ad", "folder"] = "textures"
-    root: str | None = None
-    archive: str | None = None
-    url: str = ""
-    sha256: str = ""
+    name: Literal["textures", "mvtec_ad", "folder"]
+    root: str | None
+    archive: str | None
+    url: str
+    sha256: str
     categories: list[str] = Field(min_length=1)
-    image_size: Annotated[int, Field(ge=32, le=2048)] = 128
-    color: Literal["auto", "grey", "rgb"] = "auto"
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
-    textures: TexturesConfig = TexturesConfig()
+    image_size: ImageSize
+    color: Literal["auto", "grey", "rgb"]
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    augment: dict[str, AugmentConfig]
+    textures: TexturesConfig
 
     @model_validator(mode="after")
     def _root_for_folder(self) -> DatasetConfig:
         if self.name == "folder" and not self.root:
             raise ValueError("dataset.root: required when dataset.name is 'folder'")
-        if self.image_size % 8:
-            raise ValueError(f"dataset.image_size: must be a multiple of 8 (got {self.image_size})")
+        if "default" not in self.augment:
+            raise ValueError("dataset.augment: needs a 'default' entry")
         return self
+
+    def augment_for(self, category: str) -> AugmentConfig:
+        """The rot90/flips allowed for ``category``: its own entry or ``default``."""
+        return self.augment.get(category, self.augment["default"])
 
 
 class VariantConfig(Section):
     """A named variant: a method family plus dotted overrides of other params."""
 
-    method: MethodName
+    method: str
     set: dict[str, Any] = Field(default_factory=dict)
     members: list[str] = Field(default_factory=list)
 
 
-class AugmentConfig(Section):
-    rot90: bool = True
-    hflip: bool = True
-    vflip: bool = True
-
-
 class TrainConfig(Section):
-    batch_size: Positive = 8
-    learning_rate: PositiveFloat = 1e-4
-    epochs: Positive = 20
-    steps_per_epoch: Positive = 40
-    patience: Positive | None = None
-    augment: dict[str, AugmentConfig] = Field(default_factory=lambda: {"default": AugmentConfig()})
-    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
-    mixed_precision: bool = False
-    jit_compile: bool = False
+    """The shared training loop: how it runs, not what it learns."""
 
-    def augment_for(self, category: str) -> AugmentConfig:
-        """Augmentations of ``category``: its own entry or ``default``."""
-        return self.augment.get(category, self.augment.get("default", AugmentConfig()))
-
-
-class Phase(Section):
-    """One phase of progressive training: random crops of ``crop`` pixels."""
-
-    crop: Positive
-    epochs: Positive
-
-
-class SdcAeConfig(Section):
-    architecture: Literal["model1", "model2"] = "model1"
-    width: Annotated[float, Field(gt=0.0, le=4.0)] = 0.25
-    encoder_filters: list[Positive] = Field(default_factory=lambda: [64, 128, 256])
-    sdc_filters: Positive = 64
-    dilations: list[Positive] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
-    sdc_blocks: Annotated[int, Field(ge=0)] = 4
-    sdc_kernel: Positive = 5
-    schedule: list[Phase] = Field(default_factory=lambda: [Phase(crop=64, epochs=10)])
-
-
-class AescConfig(Section):
-    skips: bool = True
-    width: Annotated[float, Field(gt=0.0, le=4.0)] = 0.5
-    filters: list[Positive] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
-    kernel_size: Positive = 5
-    dropout: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
-        default_factory=lambda: [0.0, 0.0, 0.1, 0.2, 0.3, 0.4]
-    )
-
-    @model_validator(mode="after")
-    def _one_rate_per_depth(self) -> AescConfig:
-        if len(self.dropout) != len(self.filters):
-            raise ValueError(
-                f"aesc.dropout: needs one rate per depth ({len(self.filters)}), "
-                f"got {len(self.dropout)}"
-            )
-        return self
-
-
-class PatchAeConfig(Section):
-    backbone: Literal["hed_vgg16", "resnet50", "resnet101", "file", "random"] = "hed_vgg16"
-    weights: str | None = None
-    freeze_backbone: bool = True
-    compressed_channels: Positive = 64
-    decoder_channels: Positive = 256
-    loss_alpha: Fraction = 0.5
-    coreset_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    coreset_projection: Annotated[int, Field(ge=0)] = 128
-
-
-class LossConfig(Section):
-    objective: Literal["restore", "contrast"] = "restore"
-    # ``lambda`` is a Python keyword; the YAML key stays ``lambda``.
-    lambda_: Fraction = Field(0.5, alias="lambda")
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class ElasticConfig(Section):
-    """SDC-AE patch corruption (methods.md §1)."""
-
-    patches_min: Positive = 1
-    patches_max: Positive = 4
-    size_min: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
-    size_max: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
-    modes: list[Literal["elastic", "zeros", "swap"]] = Field(
-        default_factory=lambda: ["elastic"], min_length=1
-    )
-    sigma: PositiveFloat = 4.0
-    alpha: PositiveFloat = 50.0
-    mask_sigma: PositiveFloat = 4.0
-    mask_alpha: PositiveFloat = 20.0
-    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-
-    @model_validator(mode="after")
-    def _ordered_ranges(self) -> ElasticConfig:
-        if self.patches_min > self.patches_max:
-            raise ValueError("corruption.elastic.patches_min: must be <= patches_max")
-        if self.size_min > self.size_max:
-            raise ValueError("corruption.elastic.size_min: must be <= size_max")
-        return self
-
-
-class CutPasteConfig(Section):
-    probability: Fraction = 0.5
-    scar_probability: Fraction = 0.5
-    area_min: Annotated[float, Field(gt=0.0, le=1.0)] = 0.02
-    area_max: Annotated[float, Field(gt=0.0, le=1.0)] = 0.15
-    jitter: Fraction = 0.1
-
-
-class CorruptionConfig(Section):
-    elastic: ElasticConfig = ElasticConfig()
-    model: Literal["stain", "scratch", "drops", "gaussian", "mix1", "mix2", "none"] = "stain"
-    cutpaste: CutPasteConfig = CutPasteConfig()
-
-
-class SdcScoreConfig(Section):
-    smoothing: Literal["gaussian", "anomap", "none"] = "gaussian"
-    sigma: PositiveFloat = 2.0
-    box_size: Positive = 5
-    box_passes: Positive = 3
-    image_score: Literal["max", "top_q_mean"] = "max"
-    top_q: Annotated[float, Field(gt=0.0, le=1.0)] = 0.01
-
-
-class AescScoreConfig(Section):
-    map: Literal["residual", "uncertainty"] = "residual"
-    p: PositiveFloat = 2.0
-    mc_passes: Positive = 30
-
-
-class PatchScoreConfig(Section):
-    sigma: PositiveFloat = 4.0
-    chunk_size: Positive = 4096
+    distribute: Literal["none", "mirrored", "multi_worker"]
+    mixed_precision: bool
+    jit_compile: bool
 
 
 class ScoreConfig(Section):
-    batch_size: Positive = 16
-    sdc_ae: SdcScoreConfig = SdcScoreConfig()
-    aesc: AescScoreConfig = AescScoreConfig()
-    patch_ae: PatchScoreConfig = PatchScoreConfig()
+    """Scoring shared by every family (each family's block has its own ``score``)."""
+
+    batch_size: Positive
 
 
 class CalibrateConfig(Section):
-    rule: Literal["components", "percentile"] = "components"
-    min_defect_area: dict[str, Positive] = Field(default_factory=lambda: {"default": 16})
-    percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 99.5
+    rule: Literal["components", "percentile", "fpr"]
+    min_defect_area_px: dict[str, Positive]
+    percentile: Annotated[float, Field(gt=0.0, lt=100.0)]
+    target_fpr: Annotated[float, Field(ge=0.0, lt=1.0)]
 
-    def min_area_for(self, category: str) -> int:
-        """Minimal defect area (pixels) of ``category``: its own entry or ``default``."""
-        return self.min_defect_area.get(category, self.min_defect_area.get("default", 16))
+    @model_validator(mode="after")
+    def _default_area(self) -> CalibrateConfig:
+        if "default" not in self.min_defect_area_px:
+            raise ValueError("calibrate.min_defect_area_px: needs a 'default' entry")
+        return self
+
+    def min_area_for(self, category: str, image_size: int) -> int:
+        """Minimal defect area of ``category`` in pixels of an ``image_size`` image."""
+        area = self.min_defect_area_px.get(category, self.min_defect_area_px["default"])
+        return max(1, round(area * (image_size / REFERENCE_SIZE) ** 2))
 
 
 class EvaluateConfig(Section):
-    max_fpr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
-    examples: Annotated[int, Field(ge=0)] = 3
+    max_fpr: Annotated[float, Field(gt=0.0, le=1.0)]
+    examples: NonNegative
 
 
 class TrackingConfig(Section):
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str = "reconad"
+    uri: str
+    experiment: str
+
+
+# Building blocks of the family schemas (``Config`` in each ``reconad.models`` module).
+
+
+class InputConfig(Section):
+    """What a family's network sees: the prepared images resized and converted.
+
+    ``size`` null: the prepared size (``dataset.image_size``). ``color`` ``auto``: as
+    prepared; ``grey`` or ``rgb`` convert (AESc is a greyscale method).
+    """
+
+    size: ImageSize | None
+    color: Literal["auto", "grey", "rgb"]
+
+    def size_for(self, prepared_size: int) -> int:
+        return self.size or prepared_size
+
+
+class Phase(Section):
+    """One phase of training: random crops of ``crop`` pixels (0: the whole image)."""
+
+    crop: NonNegative
+    epochs: Positive
+
+
+class FitConfig(Section):
+    """How a trained family learns: batch, learning rate, phases, early stopping."""
+
+    batch_size: Positive
+    learning_rate: PositiveFloat
+    lr_schedule: Literal["constant", "cosine"]
+    steps_per_epoch: Positive
+    phases: list[Phase] = Field(min_length=1)
+    patience: NonNegative
+    """Early stopping after this many epochs without a better validation loss; 0: off."""
+    augment: bool
+    """Random rot90/flips, as ``dataset.augment`` allows for the category."""
+
+    def total_steps(self) -> int:
+        return sum(phase.epochs for phase in self.phases) * self.steps_per_epoch
+
+
+def scaled(value_px: float, size: int) -> float:
+    """A ``*_px`` setting (pixels at 256 px) in pixels of a ``size`` image."""
+    return value_px * size / REFERENCE_SIZE
 
 
 class Params(Section):
-    """The whole of ``params.yaml`` after profile and variant overrides."""
+    """The whole of ``params.yaml`` after variant and profile overrides.
 
-    seed: Annotated[int, Field(ge=0)] = 0
-    profile: str = "quick"
+    Family blocks are extra keys, checked against the family registry here and
+    validated by the family's schema in :meth:`family`.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    seed: NonNegative
+    profile: str
     dataset: DatasetConfig
-    run: dict[str, list[str]] = Field(default_factory=dict)
-    variants: dict[str, VariantConfig] = Field(default_factory=dict)
-    train: TrainConfig = TrainConfig()
-    sdc_ae: SdcAeConfig = SdcAeConfig()
-    aesc: AescConfig = AescConfig()
-    patch_ae: PatchAeConfig = PatchAeConfig()
-    loss: LossConfig = LossConfig()
-    corruption: CorruptionConfig = CorruptionConfig()
-    score: ScoreConfig = ScoreConfig()
-    calibrate: CalibrateConfig = CalibrateConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    profiles: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"quick": {}})
+    run: dict[str, list[str]]
+    variants: dict[str, VariantConfig]
+    train: TrainConfig
+    score: ScoreConfig
+    calibrate: CalibrateConfig
+    evaluate: EvaluateConfig
+    tracking: TrackingConfig
+    profiles: dict[str, dict[str, Any]]
+    _families: dict[str, Section] = PrivateAttr(default_factory=dict)
+    _source: str = PrivateAttr(default="")
+    """The params file, named in the errors of family blocks."""
 
     @model_validator(mode="after")
-    def _variants_consistent(self) -> Params:
+    def _consistent(self) -> Params:
+        from reconad.models import FAMILIES, block_owner
+
+        for key in self.model_extra or {}:
+            if block_owner(key) is None:
+                allowed = sorted({*type(self).model_fields, *_family_blocks()})
+                raise ValueError(f"{key}: unknown key (allowed: {', '.join(allowed)})")
         for family, names in self.run.items():
-            if family not in METHOD_FAMILIES:
+            if family not in FAMILIES:
                 raise ValueError(
-                    f"run.{family}: unknown method family (allowed: {', '.join(METHOD_FAMILIES)})"
+                    f"run.{family}: unknown method family (allowed: {', '.join(FAMILIES)})"
                 )
             for name in names:
-                if name not in self.variants:
-                    raise ValueError(
-                        f"run.{family}: unknown variant '{name}' "
-                        f"(defined: {', '.join(sorted(self.variants))})"
-                    )
-                if self.variants[name].method != family:
-                    raise ValueError(
-                        f"run.{family}: variant '{name}' is a "
-                        f"'{self.variants[name].method}' variant"
-                    )
+                _check_run_entry(family, name, self.variants)
         for name, variant in self.variants.items():
-            _check_members(name, variant, self.variants)
+            _check_variant(name, variant, self.variants)
         running = {name for names in self.run.values() for name in names}
-        for name in self.run.get("ensemble", []):
+        for name in self.run.get(ENSEMBLE, []):
             for member in self.variants[name].members:
                 if member not in running:
                     family = self.variants[member].method
                     raise ValueError(
-                        f"run.ensemble: '{name}' needs its member '{member}' in run.{family}"
+                        f"run.{ENSEMBLE}: '{name}' needs its member '{member}' in run.{family}"
                     )
         return self
 
@@ -301,13 +251,58 @@ class Params(Section):
             )
         return self.variants[name]
 
+    def family(self, name: str) -> Any:
+        """The validated block of family ``name`` (its module's ``Config``).
 
-def _check_members(name: str, variant: VariantConfig, variants: dict[str, VariantConfig]) -> None:
-    """An ensemble combines at least two trained (non-ensemble) variants; nothing else has
-    members."""
-    if variant.method != "ensemble":
+        Raises:
+            ConfigError: the block is missing or invalid; names the key.
+        """
+        if name not in self._families:
+            try:
+                self._families[name] = _validate_family(name, self.model_extra or {})
+            except ConfigError as exc:
+                raise ConfigError(f"{self._source}: {exc}" if self._source else str(exc)) from exc
+        return self._families[name]
+
+    def raw(self) -> dict[str, Any]:
+        """The params as the file holds them (family blocks at the top level)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def for_variant(self, name: str) -> Params:
+        """These params with variant ``name``'s overrides applied (e.g. an ensemble member)."""
+        overrides = self.variant(name).set
+        return _validate(apply_overrides(self.raw(), overrides, f"variants.{name}.set", None))
+
+
+@functools.cache
+def _family_blocks() -> frozenset[str]:
+    from reconad.models import FAMILIES
+
+    return frozenset(block for entry in FAMILIES.values() for block in entry.blocks)
+
+
+def _check_run_entry(family: str, name: str, variants: dict[str, VariantConfig]) -> None:
+    if name not in variants:
+        raise ValueError(
+            f"run.{family}: unknown variant '{name}' (defined: {', '.join(sorted(variants))})"
+        )
+    if variants[name].method != family:
+        raise ValueError(f"run.{family}: variant '{name}' is a '{variants[name].method}' variant")
+
+
+def _check_variant(name: str, variant: VariantConfig, variants: dict[str, VariantConfig]) -> None:
+    """The family exists; an ensemble combines at least two trained (non-ensemble)
+    variants; nothing else has members."""
+    from reconad.models import FAMILIES
+
+    if variant.method not in FAMILIES:
+        raise ValueError(
+            f"variants.{name}.method: unknown method family '{variant.method}' "
+            f"(allowed: {', '.join(FAMILIES)})"
+        )
+    if variant.method != ENSEMBLE:
         if variant.members:
-            raise ValueError(f"variants.{name}.members: only an 'ensemble' variant has members")
+            raise ValueError(f"variants.{name}.members: only an '{ENSEMBLE}' variant has members")
         return
     if len(variant.members) < 2:
         raise ValueError(f"variants.{name}.members: an ensemble needs at least 2 variants")
@@ -317,22 +312,56 @@ def _check_members(name: str, variant: VariantConfig, variants: dict[str, Varian
                 f"variants.{name}.members: unknown variant '{member}' "
                 f"(defined: {', '.join(sorted(variants))})"
             )
-        if variants[member].method == "ensemble":
+        if variants[member].method == ENSEMBLE:
             raise ValueError(f"variants.{name}.members: '{member}' is itself an ensemble")
 
 
+def _validate_family(name: str, blocks: dict[str, Any]) -> Section:
+    """Validate family ``name``'s own block plus the extra top-level blocks it owns.
+
+    An extra block (SDC-AE's ``loss``) becomes a field of the same name, and errors
+    name it without the family prefix, as the user wrote it.
+    """
+    from reconad.models import FAMILIES, family_config
+
+    entry = FAMILIES[name]
+    own, *extra = entry.blocks
+    if own not in blocks:
+        raise ConfigError(f"{own}: the block of method family '{name}' is missing")
+    content = dict(blocks[own] or {})
+    for block in extra:
+        if block in content:
+            raise ConfigError(f"{own}.{block}: set it in the top-level '{block}' block")
+        if block not in blocks:
+            raise ConfigError(f"{block}: the block is missing (method family '{name}' reads it)")
+        content[block] = blocks[block]
+    try:
+        return family_config(name).model_validate(content)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        prefix = () if loc and loc[0] in extra else (own,)
+        raise ConfigError(_describe(exc, prefix, family_config(name))) from exc
+
+
 def load_params(path: Path | str = DEFAULT_PARAMS, variant: str | None = None) -> Params:
-    """Read ``path``, apply the active profile and ``variant``'s overrides, validate.
+    """Read ``path``, apply ``variant``'s overrides and the active profile, validate.
 
     Raises:
         ConfigError: the file is missing, not YAML, or any key is unknown or invalid.
     """
     path = Path(path)
-    raw = _read_yaml(path)
-    raw = _apply_profile(raw, path)
+    return params_from_dict(_read_yaml(path), variant, path)
+
+
+def params_from_dict(
+    raw: dict[str, Any], variant: str | None = None, path: Path | str = DEFAULT_PARAMS
+) -> Params:
+    """:func:`load_params` for the content of a params file; ``path`` names it in errors."""
+    path = Path(path)
     if variant is not None:
         raw = _apply_variant(raw, variant, path)
-    return _validate(raw, path)
+    return _validate(_apply_profile(raw, path), path)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -350,12 +379,25 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _apply_profile(raw: dict[str, Any], path: Path) -> dict[str, Any]:
-    profile = raw.get("profile", "quick")
-    profiles = raw.get("profiles") or {"quick": {}}
+    """Fill every null the active profile has a value for."""
+    profile = raw.get("profile")
+    profiles = raw.get("profiles")
     if not isinstance(profiles, dict) or profile not in profiles:
         known = ", ".join(sorted(profiles)) if isinstance(profiles, dict) else "none"
         raise ConfigError(f"{path}: profile: unknown profile '{profile}' (allowed: {known})")
-    return apply_overrides(raw, profiles[profile] or {}, f"profiles.{profile}", path)
+    values = profiles[profile] or {}
+    origin = f"profiles.{profile}"
+    unset = {key: value for key, value in values.items() if _lookup(raw, key, origin, path) is None}
+    return apply_overrides(raw, unset, origin, path)
+
+
+def _lookup(raw: dict[str, Any], dotted: str, origin: str, path: Path) -> Any:
+    node: Any = raw
+    for part in str(dotted).split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{path}: {origin}: unknown key '{dotted}'")
+        node = node[part]
+    return node
 
 
 def _apply_variant(raw: dict[str, Any], variant: str, path: Path) -> dict[str, Any]:
@@ -370,7 +412,7 @@ def _apply_variant(raw: dict[str, Any], variant: str, path: Path) -> dict[str, A
 
 
 def apply_overrides(
-    raw: dict[str, Any], overrides: dict[str, Any], origin: str, path: Path
+    raw: dict[str, Any], overrides: dict[str, Any], origin: str, path: Path | None
 ) -> dict[str, Any]:
     """Return a copy of ``raw`` with dotted keys (``loss.lambda``) set to new values.
 
@@ -378,60 +420,47 @@ def apply_overrides(
     silently adding an unused setting.
     """
     result = copy.deepcopy(raw)
+    where = f"{path}: " if path is not None else ""
     for dotted, value in overrides.items():
         node = result
         parts = str(dotted).split(".")
         for depth, part in enumerate(parts):
-            is_last = depth == len(parts) - 1
-            known = _known_keys(node, parts[:depth])
-            if part not in known:
+            if not isinstance(node, dict) or part not in node:
+                known = sorted(node) if isinstance(node, dict) else []
                 raise ConfigError(
-                    f"{path}: {origin}: unknown key '{dotted}' "
+                    f"{where}{origin}: unknown key '{dotted}' "
                     f"(allowed at '{'.'.join(parts[:depth]) or 'top level'}': "
-                    f"{', '.join(sorted(known))})"
+                    f"{', '.join(known)})"
                 )
-            if is_last:
+            if depth == len(parts) - 1:
                 node[part] = copy.deepcopy(value)
             else:
-                node = node.setdefault(part, {})
+                node = node[part]
     return result
 
 
-def _known_keys(node: dict[str, Any], prefix: list[str]) -> set[str]:
-    """Keys allowed at ``prefix``: those in the file plus those of the schema."""
-    keys = set(node)
-    model: Any = Params
-    for part in prefix:
-        field = model.model_fields.get(part) if _is_model(model) else None
-        if field is None:
-            return keys
-        model = field.annotation
-    if _is_model(model):
-        keys |= {field.alias or name for name, field in model.model_fields.items()}
-    return keys
-
-
-def _is_model(obj: Any) -> bool:
-    return isinstance(obj, type) and issubclass(obj, BaseModel)
-
-
-def _validate(raw: dict[str, Any], path: Path) -> Params:
+def _validate(raw: dict[str, Any], path: Path | None = None) -> Params:
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}") from exc
+        message = _describe(exc, (), Params)
+        raise ConfigError(f"{path}: {message}" if path is not None else message) from exc
+    params._source = str(path) if path is not None else ""
+    return params
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, prefix: tuple[str, ...], root: type[BaseModel]) -> str:
     """The first validation error as ``key.path: what is wrong``."""
     error = exc.errors()[0]
-    key = ".".join(str(part) for part in error["loc"] if part != "__root__")
+    key = _dotted((*prefix, *(part for part in error["loc"] if part != "__root__")))
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        allowed = _allowed_here(error["loc"][:-1])
+        allowed = _allowed_here(root, tuple(error["loc"][:-1]))
         return f"{key}: unknown key (allowed: {', '.join(allowed)})"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
+    if error.get("input", 0) is None:
+        return f"{key}: null, and profile gives it no value; set it"
     if not key or message.startswith(f"{key}:") or message.startswith(f"{key}."):
         return message
     got = error.get("input")
@@ -439,8 +468,16 @@ def _describe(exc: ValidationError) -> str:
     return f"{key}: {message}{shown}"
 
 
-def _allowed_here(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = Params
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """``("sdc_ae", "train", "phases", 0, "crop")`` as ``sdc_ae.train.phases[0].crop``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _allowed_here(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    model: Any = root
     for part in loc:
         if isinstance(part, int) or not _is_model(model):
             continue
@@ -453,8 +490,12 @@ def _allowed_here(loc: tuple[Any, ...]) -> list[str]:
     return sorted(field.alias or name for name, field in model.model_fields.items())
 
 
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
 def _section_type(annotation: Any) -> Any:
-    """The Section class inside ``list[X]`` / ``dict[str, X]`` / ``X``."""
+    """The Section class inside ``list[X]`` / ``dict[str, X]`` / ``X | None`` / ``X``."""
     if _is_model(annotation):
         return annotation
     for arg in getattr(annotation, "__args__", ()):

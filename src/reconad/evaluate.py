@@ -13,12 +13,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from reconad import paths, tracking, visualize
-from reconad.calibrate import decide
 from reconad.config import Params
 from reconad.data.layout import CategoryData, load_split
+from reconad.decision import decide, decision_threshold
 from reconad.io import atomic_dir, atomic_write_json, atomic_write_text
 from reconad.metrics import defect_type_metrics, evaluate_all, pro_curve, roc_curve_points
-from reconad.score import Scores, load_trained, score_images, variant_model_dir
+from reconad.models.base import Scores
+from reconad.models.trained import load_trained, variant_dir
+from reconad.score import score_images
 
 METRICS_FILE = paths.EVAL_METRICS_FILE
 CURVES_FILE = paths.EVAL_CURVES_FILE
@@ -47,19 +49,25 @@ def evaluate(
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a calibrated model on the test split of ``category``; returns metrics."""
-    model_dir = model_dir or variant_model_dir(params, variant, category)
+    model_dir = model_dir or variant_dir(params, variant, category)
     out_dir = out_dir or paths.eval_dir(variant, category)
-    trained = load_trained(model_dir, params.score)
+    trained = load_trained(model_dir, params)
     calibration = trained.threshold()
     data = load_split(paths.prepared_category(category, prepared_dir))
-    scores = score_images(trained.detector, data.test)
+    scores = score_images(trained.detector, data.test, f"scoring {variant}/{category} (test)")
     decisions = {name: decision(scores, name, calibration) for name in trained.detector.map_names}
     results = {
         name: map_metrics(scores, name, data, made, params.evaluate.max_fpr)
         for name, made in decisions.items()
     }
     primary = trained.primary_map
-    summary = {"variant": variant, "category": category, "primary": primary, **results}
+    summary = {
+        "variant": variant,
+        "category": category,
+        "primary": primary,
+        "rule": calibration["rule"],
+        **results,
+    }
     with atomic_dir(out_dir) as tmp:
         atomic_write_json(tmp / METRICS_FILE, summary)
         atomic_write_json(tmp / CURVES_FILE, curves(scores, data, params.evaluate.max_fpr))
@@ -106,17 +114,6 @@ def defect_types(
         )
         for name, made in decisions.items()
     }
-
-
-def decision_threshold(calibration: dict[str, Any], name: str) -> tuple[float, int]:
-    """The threshold of map ``name`` under the calibrated rule, and its minimal area.
-
-    The percentile rule thresholds pixels only, so its minimal area is one pixel.
-    """
-    rule = calibration["rule"]
-    threshold = float(calibration["maps"][name][rule])
-    min_area = int(calibration["min_area"]) if rule == "components" else 1
-    return threshold, min_area
 
 
 def curves(scores: Scores, data: CategoryData, max_fpr: float) -> dict[str, Any]:

@@ -21,7 +21,6 @@ MODEL_SUBDIR = "model"
 MODEL_FILE = "model.keras"
 MODEL_CONFIG_FILE = "config.json"
 THRESHOLD_FILE = "threshold.json"
-ENSEMBLE_FILE = "ensemble.json"
 
 # Inside an evaluation directory (reports/eval/<variant>/<category>).
 EVAL_METRICS_FILE = "metrics.json"
@@ -36,12 +35,7 @@ def prepared_category(category: str, root: Path = PREPARED_DIR) -> Path:
 
 
 def model_dir(variant: str, category: str, root: Path = MODELS_DIR) -> Path:
-    """``models/<variant>/<category>``: the trained model plus its threshold."""
-    return root / variant / category
-
-
-def ensemble_dir(variant: str, category: str, root: Path = ENSEMBLES_DIR) -> Path:
-    """``ensembles/<variant>/<category>``: the members and their scales, plus the threshold."""
+    """``<root>/<variant>/<category>``: the trained model plus its threshold."""
     return root / variant / category
 
 

@@ -11,11 +11,13 @@ it runs the stage again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +28,14 @@ import numpy as np
 import tensorflow as tf
 
 from reconad import paths, tracking
-from reconad.config import Params, Phase
+from reconad.config import FitConfig, Params
 from reconad.data.layout import CategoryData, load_split
 from reconad.data.pipeline import training_dataset, validation_dataset
 from reconad.errors import ConfigError, TrainingError
 from reconad.io import atomic_dir, atomic_write_json, check_writable
-from reconad.models import Method, method_class
+from reconad.models import FAMILIES, method_class
+from reconad.models.base import Method, TrainedMethod, adapt_images
+from reconad.models.trained import variant_dir
 
 CHECKPOINT_ROOT = Path(".reconad/checkpoints")
 BACKUP_METADATA = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
@@ -56,47 +60,85 @@ def train(
 ) -> TrainResult:
     """Train ``variant`` on the normal images of ``category`` and save it atomically.
 
+    A training-free family (PatchCore, an ensemble) runs no phases and only fits its
+    state (:meth:`Method.after_training`).
+
     Raises:
-        ConfigError: ``variant`` is an ensemble, or the network cannot take the
-            configured image or crop size.
+        ConfigError: the network cannot take the configured image or crop size.
         TrainingError: the loss became NaN.
     """
-    if params.variant(variant).method == "ensemble":
-        raise ConfigError(
-            f"{variant}: an ensemble is not trained; `reconad calibrate --variant "
-            f"{variant}` assembles it from its trained members"
-        )
-    out_dir = out_dir or paths.model_dir(variant, category)
-    data = load_split(paths.prepared_category(category, prepared_dir))
-    method = make_method(params, variant, data.train.shape[-1])
-    phases = checked_schedule(method, params)
+    params.family(params.variant(variant).method)  # a bad block fails before any data is read
+    out_dir = out_dir or variant_dir(params, variant, category)
+    prepared = load_split(paths.prepared_category(category, prepared_dir))
+    method = make_method(params, variant, prepared.train.shape[-1])
+    data = as_seen_by(method, prepared)
     check_writable(out_dir)
-    key = run_key(params, variant, category, data)
-    checkpoints = checkpoint_root / variant / category / key
-    strategy = distribution_strategy(params.train.distribute)
-    with strategy.scope(), dtype_policy(params.train.mixed_precision):
-        model = compiled_model(params, method)
     tags = {"variant": variant, "category": category, "method": method.family}
     with tracking.training_run(params, f"{variant}/{category}", tags) as run_id:
         tracking.log_params(tracking.flatten(relevant_params(params, method.family)))
-        epochs_run, losses = fit_phases(model, method, data, params, phases, checkpoints)
+        start = time.perf_counter()
+        checkpoints = checkpoint_root / variant / category / run_key(params, variant, data)
+        model, epochs_run, losses = fit_network(method, data, params, checkpoints)
         with atomic_dir(out_dir / paths.MODEL_SUBDIR) as tmp:
-            save_model(model, method, params, variant, category, data, run_id, tmp)
-            method.after_training(model, data.train, tmp)
+            method.after_training(model, data, tmp)
+            seconds = time.perf_counter() - start
+            save_model(model, method, prepared, run_id, seconds, tmp)
+        tracking.log_metrics({"training_seconds": seconds})
         tracking.log_artifacts(out_dir / paths.MODEL_SUBDIR, "model")
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # only once the model is safely saved
     return TrainResult(out_dir, epochs_run, losses, run_id)
 
 
-def compiled_model(params: Params, method: Method) -> keras.Model:
-    """The method's network compiled for training: Adam and the method's loss."""
-    model = method.build()
+def as_seen_by(method: Method, data: CategoryData) -> CategoryData:
+    """``data`` with its train and validation images converted to the family's input."""
+    if (method.image_size, method.channels) == (data.image_size, data.train.shape[-1]):
+        return data
+    return dataclasses.replace(
+        data,
+        train=adapt_images(data.train, method.image_size, method.channels).numpy(),
+        val=adapt_images(data.val, method.image_size, method.channels).numpy(),
+        image_size=method.image_size,
+    )
+
+
+def fit_network(
+    method: Method, data: CategoryData, params: Params, checkpoints: Path
+) -> tuple[keras.Model | None, int, dict[str, float]]:
+    """Build the family's network and run its phases, resumably from ``checkpoints``;
+    (model, epochs, losses)."""
+    strategy = distribution_strategy(params.train.distribute)
+    with strategy.scope(), dtype_policy(params.train.mixed_precision):
+        model = method.build()
+        if isinstance(method, TrainedMethod):
+            compile_for_training(model, method, params)
+    if not isinstance(method, TrainedMethod):
+        return model, 0, {}
+    epochs_run, losses = fit_phases(model, method, data, params, checkpoints)
+    return model, epochs_run, losses
+
+
+def compile_for_training(model: keras.Model, method: TrainedMethod, params: Params) -> None:
+    """Adam (constant or cosine-decayed learning rate) and the method's loss."""
+    fit = method.fit_config()
     model.compile(
-        optimizer=keras.optimizers.Adam(params.train.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate(fit)),
         loss=method.loss(),
         jit_compile=params.train.jit_compile,
     )
+
+
+def compiled_model(params: Params, method: TrainedMethod) -> keras.Model:
+    """The method's network compiled for training (benchmarks time its steps)."""
+    model = method.build()
+    compile_for_training(model, method, params)
     return model
+
+
+def learning_rate(fit: FitConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """``train.learning_rate``, decayed to 0 over all steps with ``lr_schedule: cosine``."""
+    if fit.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(fit.learning_rate, fit.total_steps())
+    return fit.learning_rate
 
 
 @contextlib.contextmanager
@@ -115,43 +157,26 @@ def dtype_policy(mixed_precision: bool) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def make_method(params: Params, variant: str, channels: int) -> Method:
-    method = method_class(params.variant(variant).method)(params, channels)
-    method.check_image_size(params.dataset.image_size)
+def make_method(params: Params, variant: str, prepared_channels: int) -> Method:
+    """The family of ``variant``, checked against the image size it will see."""
+    method = method_class(params.variant(variant).method)(params, variant, prepared_channels)
+    method.check_image_size(method.image_size)
     return method
-
-
-def checked_schedule(method: Method, params: Params) -> list[Phase]:
-    """The method's phases, refusing crops larger than the prepared images."""
-    phases = method.schedule()
-    for index, phase in enumerate(phases):
-        if phase.crop > params.dataset.image_size:
-            raise ConfigError(
-                f"{method.family}.schedule[{index}].crop: {phase.crop} exceeds "
-                f"dataset.image_size {params.dataset.image_size}"
-            )
-        if phase.crop % 8:
-            raise ConfigError(
-                f"{method.family}.schedule[{index}].crop: must be a multiple of 8 "
-                f"(got {phase.crop})"
-            )
-    return phases
 
 
 def fit_phases(
     model: keras.Model,
-    method: Method,
+    method: TrainedMethod,
     data: CategoryData,
     params: Params,
-    phases: list[Phase],
     checkpoints: Path,
 ) -> tuple[int, dict[str, float]]:
     """Run every phase, skipping the ones a previous attempt finished."""
-    cfg = params.train
+    cfg = method.fit_config()
     epochs_done = 0
     losses: dict[str, float] = {}
     val = validation_dataset(data.val, cfg.batch_size, params.seed, method.make_pairs)
-    for index, phase in enumerate(phases):
+    for index, phase in enumerate(cfg.phases):
         finished = checkpoints / f"phase{index}.weights.h5"
         if finished.exists():
             model.load_weights(finished)
@@ -166,9 +191,9 @@ def fit_phases(
         forget_restored_epoch(model)
         stream = training_dataset(
             data.train,
-            phase.crop,
+            phase.crop or data.image_size,
             cfg.batch_size,
-            cfg.augment_for(data.category),
+            params.dataset.augment_for(data.category) if cfg.augment else None,
             params.seed + 1000 * index,
             method.make_pairs,
         )
@@ -178,7 +203,9 @@ def fit_phases(
             epochs=phase.epochs,
             steps_per_epoch=cfg.steps_per_epoch,
             shuffle=False,  # tf.data already draws random crops; Keras would only warn
-            callbacks=phase_callbacks(backup_dir, cfg.patience, index, epochs_done),
+            callbacks=phase_callbacks(
+                backup_dir, cfg.patience or None, index, epochs_done, method.family
+            ),
             verbose=2,
         )
         epochs_done += history.epoch[-1] + 1 if history.epoch else phase.epochs
@@ -233,13 +260,13 @@ def save_weights_atomically(model: keras.Model, path: Path) -> None:
 
 
 def phase_callbacks(
-    backup_dir: Path, patience: int | None, phase: int, first_epoch: int
+    backup_dir: Path, patience: int | None, phase: int, first_epoch: int, family: str
 ) -> list[keras.callbacks.Callback]:
     """Backup for resuming, the NaN guard, MLflow logging and, when ``patience`` is set,
     early stopping that keeps the weights of the best validation epoch."""
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True),
-        NonFiniteLossGuard(phase),
+        NonFiniteLossGuard(phase, family),
         tracking.EpochMetricsLogger(first_epoch),
     ]
     if patience is not None:
@@ -254,9 +281,10 @@ def phase_callbacks(
 class NonFiniteLossGuard(keras.callbacks.Callback):
     """Stops at the first NaN/inf loss with a message naming where it happened."""
 
-    def __init__(self, phase: int) -> None:
+    def __init__(self, phase: int, family: str) -> None:
         super().__init__()
         self.phase = phase
+        self.family = family
         self.epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -267,7 +295,8 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             raise TrainingError(
                 f"loss became {float(loss)} at phase {self.phase}, epoch {self.epoch + 1}, "
-                f"step {batch + 1}; lower train.learning_rate or check the input images"
+                f"step {batch + 1}; lower {self.family}.train.learning_rate or check the "
+                "input images"
             )
 
 
@@ -317,19 +346,18 @@ def refuse_multi_worker_cluster(workers: int) -> None:
 
 
 def relevant_params(params: Params, family: str) -> dict[str, Any]:
-    """The params sections a model of ``family`` depends on (logged and hashed)."""
-    dump = params.model_dump(by_alias=True)
-    sections = ["seed", "dataset", "train", family, "corruption"]
-    if family == "sdc_ae":
-        sections.append("loss")
+    """The params a model of ``family`` depends on (logged and hashed): the family's
+    blocks, the shared training loop, the dataset and the seed."""
+    dump = params.raw()
+    sections = ["seed", "dataset", "train", *FAMILIES[family].blocks]
     return {name: dump[name] for name in sections}
 
 
-def run_key(params: Params, variant: str, category: str, data: CategoryData) -> str:
+def run_key(params: Params, variant: str, data: CategoryData) -> str:
     """A hash of everything that determines the trained weights."""
     payload = {
         "variant": variant,
-        "category": category,
+        "category": data.category,
         "params": relevant_params(params, params.variant(variant).method),
         "data": data_fingerprint(data),
     }
@@ -346,27 +374,29 @@ def data_fingerprint(data: CategoryData) -> str:
 
 
 def save_model(
-    model: keras.Model,
+    model: keras.Model | None,
     method: Method,
-    params: Params,
-    variant: str,
-    category: str,
-    data: CategoryData,
+    prepared: CategoryData,
     run_id: str,
+    seconds: float,
     directory: Path,
 ) -> None:
-    """``model.keras`` plus a JSON description that ``predict`` needs to use it."""
-    model.save(directory / paths.MODEL_FILE)
+    """``model.keras`` (when the family has a network) plus the JSON description that
+    loading needs: the family, what its network sees, what the prepared images were."""
+    if model is not None:
+        model.save(directory / paths.MODEL_FILE)
     atomic_write_json(
         directory / paths.MODEL_CONFIG_FILE,
         {
-            "variant": variant,
+            "variant": method.variant,
             "method": method.family,
-            "category": category,
-            "image_size": params.dataset.image_size,
-            "channels": int(data.train.shape[-1]),
-            "color": data.color,
+            "category": prepared.category,
+            "image_size": method.image_size,
+            "channels": method.channels,
+            "prepared_size": prepared.image_size,
+            "color": prepared.color,
+            "training_seconds": round(seconds, 1),
             "mlflow_run_id": run_id,
-            "params": params.model_dump(mode="json", by_alias=True),
+            "params": method.params.raw(),
         },
     )

@@ -16,10 +16,12 @@ it runs inside ``tf.data`` with any batch size.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import tensorflow as tf
+from pydantic import Field
 
-from reconad.config import CutPasteConfig
+from reconad.config import Fraction, Section
 
 ASPECT_RANGE = (0.3, 3.3)
 """Height/width ratio range of rectangles (CutPaste)."""
@@ -33,6 +35,18 @@ _APPLY, _SCAR, _AREA, _ASPECT, _SCAR_W, _SCAR_L, _ANGLE = range(7)
 _SRC_Y, _SRC_X, _DST_Y, _DST_X, _BRIGHT, _CONTRAST, _SATURATION, _HUE = range(7, 15)
 _DRAWS = 15
 
+Area = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class CutPasteConfig(Section):
+    """Patch AE's training defects; areas are shares of the image area."""
+
+    probability: Fraction
+    scar_probability: Fraction
+    area_min: Area
+    area_max: Area
+    jitter: Fraction
+
 
 def cutpaste(images: tf.Tensor, seed: tf.Tensor, config: CutPasteConfig) -> tf.Tensor:
     """CutPaste-corrupted copies of ``images``.
@@ -40,7 +54,7 @@ def cutpaste(images: tf.Tensor, seed: tf.Tensor, config: CutPasteConfig) -> tf.T
     Args:
         images: float32 ``(B, H, W, C)`` in [0, 1], C = 1 or 3 known statically.
         seed: int ``(2,)`` seed of the stateless random ops.
-        config: ``corruption.cutpaste``.
+        config: ``patch_ae.corruption``.
 
     Returns:
         float32 ``(B, H, W, C)`` in [0, 1].

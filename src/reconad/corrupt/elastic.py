@@ -15,12 +15,13 @@ layers, and the returned mask is their soft union ``1 - prod(1 - M_p)``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import tensorflow as tf
+from pydantic import Field, model_validator
 
-from reconad.config import ElasticConfig
-from reconad.corrupt.fields import bilinear_warp, smooth_random_field
+from reconad.config import REFERENCE_SIZE, Fraction, Positive, PositiveFloat, Section
+from reconad.corrupt.fields import UNIT_FIELD_RMS, bilinear_warp, smooth_random_field
 from reconad.errors import ConfigError
 
 DISK_FADE = 0.5
@@ -34,6 +35,70 @@ MIN_CHANGE = 1.0 / 255.0
 
 FALLBACK_SHIFT = 0.5
 """Brightness shift of the fallback corruption; it changes every masked pixel by exactly this."""
+
+
+class ElasticConfig(Section):
+    """The SDC-AE training corruption (methods.md §1); ``*_px`` are pixels at 256 px.
+
+    Patch sides are drawn in pixels of the image, not as a share of the training crop,
+    so that progressive training (growing crops) corrupts at one physical scale.
+    """
+
+    patches_min: Positive
+    patches_max: Positive
+    size_min_px: PositiveFloat
+    size_max_px: PositiveFloat
+    modes: list[Literal["elastic", "zeros", "swap"]] = Field(min_length=1)
+    sigma_px: PositiveFloat
+    """Correlation length of the elastic displacement field."""
+    displacement_px: PositiveFloat
+    """RMS displacement of the elastic field."""
+    mask_sigma_px: PositiveFloat
+    mask_displacement_px: PositiveFloat
+    """The same two for the field that distorts the disk masks."""
+    brightness: Fraction
+
+    @model_validator(mode="after")
+    def _ordered_ranges(self) -> ElasticConfig:
+        if self.patches_min > self.patches_max:
+            raise ValueError("sdc_ae.corruption.patches_min: must be <= patches_max")
+        if self.size_min_px > self.size_max_px:
+            raise ValueError("sdc_ae.corruption.size_min_px: must be <= size_max_px")
+        return self
+
+
+class ElasticOp(NamedTuple):
+    """:class:`ElasticConfig` in pixels of the images being corrupted."""
+
+    patches_min: int
+    patches_max: int
+    size_min: float
+    size_max: float
+    modes: tuple[str, ...]
+    sigma: float
+    alpha: float
+    mask_sigma: float
+    mask_alpha: float
+    brightness: float
+
+    @classmethod
+    def at_size(cls, config: ElasticConfig, image_size: int) -> ElasticOp:
+        """The corruption for images of side ``image_size`` (``*_px`` rescaled); the field
+        scales ``alpha`` follow from the displacements (:data:`UNIT_FIELD_RMS`)."""
+        scale = image_size / REFERENCE_SIZE
+        sigma, mask_sigma = config.sigma_px * scale, config.mask_sigma_px * scale
+        return cls(
+            config.patches_min,
+            config.patches_max,
+            config.size_min_px * scale,
+            config.size_max_px * scale,
+            tuple(config.modes),
+            sigma,
+            config.displacement_px * scale * sigma / UNIT_FIELD_RMS,
+            mask_sigma,
+            config.mask_displacement_px * scale * mask_sigma / UNIT_FIELD_RMS,
+            config.brightness,
+        )
 
 
 class _Patches(NamedTuple):
@@ -50,7 +115,7 @@ class _Patches(NamedTuple):
 
 
 def elastic_patch_corruption(
-    images: tf.Tensor, seed: tf.Tensor, cfg: ElasticConfig
+    images: tf.Tensor, seed: tf.Tensor, cfg: ElasticOp
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Corrupt random soft-edged patches of every image (methods.md §1).
 
@@ -64,7 +129,7 @@ def elastic_patch_corruption(
     Args:
         images: float ``(B, H, W, C)`` in [0, 1]; B, H and W may be unknown.
         seed: int ``(2,)`` seed; the same seed gives the same output.
-        cfg: patch count, size, replacement modes and field parameters.
+        cfg: patch count, size (pixels), replacement modes and field parameters.
 
     Returns:
         ``(x_hat, x, mask)``: the corrupted images, the clean images, and the float32
@@ -74,7 +139,7 @@ def elastic_patch_corruption(
         ConfigError: ``cfg.modes`` is empty.
     """
     if not cfg.modes:
-        raise ConfigError("corruption.elastic.modes: needs at least one of elastic, zeros, swap")
+        raise ConfigError("sdc_ae.corruption.modes: needs at least one of elastic, zeros, swap")
     x = tf.convert_to_tensor(images, tf.float32)
     shape = tf.shape(x)
     batch, height, width = shape[0], shape[1], shape[2]
@@ -99,7 +164,7 @@ def elastic_patch_corruption(
 
 
 def _draw_patches(
-    seed: tf.Tensor, batch: tf.Tensor, height: tf.Tensor, width: tf.Tensor, cfg: ElasticConfig
+    seed: tf.Tensor, batch: tf.Tensor, height: tf.Tensor, width: tf.Tensor, cfg: ElasticOp
 ) -> _Patches:
     """Count, size, position, swap source, mode and brightness of every patch slot."""
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=8))
@@ -111,8 +176,8 @@ def _draw_patches(
     active = tf.cast(tf.range(slots)[None, :] < count[:, None], tf.float32)
     height_f, width_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
     short = tf.minimum(height_f, width_f)
-    fraction = tf.random.stateless_uniform(shape, seeds[1], cfg.size_min, cfg.size_max)
-    side = tf.clip_by_value(tf.round(fraction * short), tf.minimum(MIN_SIDE, short), short)
+    drawn = tf.random.stateless_uniform(shape, seeds[1], cfg.size_min, cfg.size_max)
+    side = tf.clip_by_value(tf.round(drawn), tf.minimum(MIN_SIDE, short), short)
     return _Patches(
         active=active,
         side=side,
@@ -173,7 +238,7 @@ def _smoothstep(t: tf.Tensor) -> tf.Tensor:
 
 
 def _replacement(
-    x: tf.Tensor, elastic: tf.Tensor | None, patches: _Patches, slot: int, cfg: ElasticConfig
+    x: tf.Tensor, elastic: tf.Tensor | None, patches: _Patches, slot: int, cfg: ElasticOp
 ) -> tf.Tensor:
     """Content ``y`` of patch ``slot`` for every image, by that patch's drawn mode."""
     made: dict[str, tf.Tensor] = {}

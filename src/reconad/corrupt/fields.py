@@ -16,6 +16,12 @@ TRUNCATE = 4.0
 """Gaussian kernels reach ``TRUNCATE * sigma`` pixels, as in ``scipy.ndimage.gaussian_filter``."""
 
 
+UNIT_FIELD_RMS = 1.0 / (2.0 * math.sqrt(3.0 * math.pi))
+"""RMS of uniform noise on [-1, 1] (1/sqrt(3)) after a 2-D Gaussian of sigma 1 (a factor
+1/(2 sqrt(pi))): a field of ``alpha`` and ``sigma`` moves pixels by about
+``alpha * UNIT_FIELD_RMS / sigma`` pixels RMS."""
+
+
 def gaussian_kernel(sigma: float) -> tf.Tensor:
     """Normalised 1-D Gaussian kernel of length ``2 * ceil(TRUNCATE * sigma) + 1``.
 
@@ -64,7 +70,7 @@ def smooth_random_field(
 
     Uniform noise is drawn on a canvas larger by the kernel radius and filtered without
     padding, so the field is stationary up to the image border (no mirrored noise).
-    The displacement RMS is about ``alpha * 0.16 / sigma`` pixels.
+    The displacement RMS is about ``alpha * UNIT_FIELD_RMS / sigma`` pixels.
 
     Args:
         seed: int ``(2,)`` seed of ``tf.random.stateless_uniform``.

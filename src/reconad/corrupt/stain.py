@@ -273,9 +273,20 @@ CORRUPTIONS: dict[str, Corruption] = {
 }
 """The single corruption models; ``MIXTURES`` combine them."""
 
+CORRUPTION_MODELS: tuple[str, ...] = (
+    "stain",
+    "scratch",
+    "drops",
+    "gaussian",
+    "mix1",
+    "mix2",
+    "none",
+)
+"""Every value ``aesc.corruption.model`` accepts."""
+
 
 def corrupt(images: tf.Tensor, seed: tf.Tensor, model: str) -> tuple[tf.Tensor, tf.Tensor]:
-    """Apply corruption ``model`` (``params.corruption.model``) to a batch.
+    """Apply corruption ``model`` (``aesc.corruption.model``) to a batch.
 
     Raises:
         ValueError: unknown ``model``.

@@ -28,7 +28,7 @@ def training_dataset(
     images: np.ndarray,
     crop: int,
     batch_size: int,
-    augment: AugmentConfig,
+    augment: AugmentConfig | None,
     seed: int,
     make_pairs: PairFn,
 ) -> tf.data.Dataset:
@@ -38,7 +38,7 @@ def training_dataset(
         images: float32 ``(N, H, W, C)`` in [0, 1], normal training images.
         crop: side of the random crops (progressive training grows it).
         batch_size: images per batch; the last partial batch is dropped.
-        augment: rot90 / flips allowed for this category.
+        augment: rot90 / flips allowed for this category; None: none.
         seed: seeds the shuffle, the crops and the corruption.
         make_pairs: the method's ``(clean, seed) -> (x, y)``.
     """
@@ -79,10 +79,12 @@ def _to_float(image: tf.Tensor) -> tf.Tensor:
 
 
 def _crop_and_augment(
-    image: tf.Tensor, key: tf.Tensor, crop: int, channels: int, augment: AugmentConfig
+    image: tf.Tensor, key: tf.Tensor, crop: int, channels: int, augment: AugmentConfig | None
 ) -> tf.Tensor:
     keys = tf.random.experimental.stateless_split(key, num=4)
     out = tf.image.stateless_random_crop(image, (crop, crop, channels), seed=keys[0])
+    if augment is None:
+        return _to_float(out)
     if augment.rot90:
         turns = tf.random.stateless_uniform((), keys[1], minval=0, maxval=4, dtype=tf.int32)
         out = tf.image.rot90(out, k=turns)

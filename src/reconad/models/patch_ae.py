@@ -1,15 +1,17 @@
 """Patch AE (Cui et al., "Patch-wise auto-encoder for visual anomaly detection").
 
-A pretrained backbone gives stride-8 and stride-16 feature maps; the coarse one is
-upsampled onto the fine grid, both are concatenated and compressed by two 1x1 conv + ReLU
-layers into the representation R (B, H/8, W/8, c3). The decoder (1x1 conv, ReLU, 1x1 conv
-to 8 * 8 * C values, depth-to-space) rebuilds each 8 x 8 image patch from its own vector of
-R only. Training inputs carry CutPaste defects and the target is the *same* corrupted image:
-the model learns to reconstruct whatever it is given, defects included (paper, sec. 2.1).
+A pretrained backbone gives two mid-level feature maps; both are brought to one grid of
+stride p (the coarser upsampled, :func:`~reconad.models.backbones.patch_features`),
+concatenated and compressed by two 1x1 conv + ReLU layers into the representation R
+(B, H/p, W/p, c3). The decoder (1x1 conv, ReLU, 1x1 conv to p * p * C values,
+depth-to-space) rebuilds each p x p image patch from its own vector of R only. Training
+inputs carry CutPaste defects and the target is the *same* corrupted image: the model
+learns to reconstruct whatever it is given, defects included (paper, sec. 2.1).
 
 Scoring ignores the decoder: the vectors of R over all training images form a memory bank;
-a test vector's score is the distance to its nearest bank vector; the map of these scores
-is upsampled to the image and Gaussian-smoothed, and the image score is its maximum.
+a test vector's score is the distance to its nearest bank vector, "as PatchCore" (sec.
+2.6): the map is upsampled and smoothed, the image score is the largest patch score with
+PatchCore's re-weighting.
 """
 
 from __future__ import annotations
@@ -17,29 +19,47 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from reconad.config import PatchAeConfig
-from reconad.corrupt.cutpaste import cutpaste
-from reconad.errors import ConfigError
-from reconad.maps import gaussian_smooth, image_score
+from reconad.config import FitConfig, Fraction, InputConfig, Positive, Section
+from reconad.corrupt.cutpaste import CutPasteConfig, cutpaste
+from reconad.data.layout import CategoryData
 from reconad.memory_bank import (
     MEMORY_BANK_FILE,
+    BankConfig,
+    KnnScoreConfig,
+    MemoryBankDetector,
     build_bank,
-    greedy_coreset,
     load_bank,
-    nearest_distances,
     save_bank,
 )
-from reconad.models.backbones import (
-    COARSE_STRIDE,
-    FINE_STRIDE,
-    build_backbone,
-    freeze_batch_norm,
-)
-from reconad.models.base import Detector, LossFn, Method, batched_predict
+from reconad.models.backbones import BackboneConfig, freeze_batch_norm, patch_features
+from reconad.models.base import Detector, LossFn, TrainedMethod, batched_predict
+
+
+class NetworkConfig(BackboneConfig):
+    freeze_backbone: bool
+    compressed_channels: Positive
+    decoder_channels: Positive
+
+
+class LossConfig(Section):
+    alpha: Fraction
+    """Weight of the patch-standardised term of the hybrid loss (eq. 3)."""
+
+
+class Config(Section):
+    """The ``patch_ae`` block."""
+
+    input: InputConfig
+    network: NetworkConfig
+    train: FitConfig
+    corruption: CutPasteConfig
+    loss: LossConfig
+    bank: BankConfig
+    score: KnnScoreConfig
+
 
 REPRESENTATION = "representation"
 """Name of the layer whose output is R; :func:`encoder` cuts the model there."""
@@ -101,42 +121,41 @@ class DepthToSpace(keras.layers.Layer):
         return {**super().get_config(), "block_size": self.block_size}
 
 
-def build_patch_ae(config: PatchAeConfig, channels: int) -> keras.Model:
+def build_patch_ae(config: NetworkConfig, channels: int) -> keras.Model:
     """The Patch AE network: images ``(B, H, W, channels)`` in [0, 1] to their reconstruction.
 
-    H and W must be multiples of 16. The layer named ``representation`` outputs R
-    ``(B, H/8, W/8, compressed_channels)``; the sub-model named ``decoder`` maps R back.
+    H and W must be multiples of the backbone's coarsest stride. The layer named
+    ``representation`` outputs R ``(B, H/p, W/p, compressed_channels)``, p =
+    ``config.stride``; the sub-model named ``decoder`` maps R back.
     """
-    backbone = build_backbone(config.backbone, config.weights, channels)
+    backbone = config.build(channels, "patch_ae")
     backbone.trainable = not config.freeze_backbone  # recursive: must come before the next line
     freeze_batch_norm(backbone)
+    features = patch_features(backbone, config.stride, config.aggregate)
     inputs = keras.Input((None, None, channels), name="image")
-    fine, coarse = backbone(inputs)
-    upsampled = keras.layers.UpSampling2D(
-        COARSE_STRIDE // FINE_STRIDE, interpolation="bilinear", name="upsample_coarse"
-    )(coarse)
-    merged = keras.layers.Concatenate(name="multiscale")([fine, upsampled])
     compressed = keras.layers.Conv2D(
         config.compressed_channels, 1, activation="relu", name="compress"
-    )(merged)
+    )(features(inputs))
     representation = keras.layers.Conv2D(
         config.compressed_channels, 1, activation="relu", name=REPRESENTATION
     )(compressed)
-    decoder = build_decoder(config.compressed_channels, config.decoder_channels, channels)
+    decoder = build_decoder(
+        config.compressed_channels, config.decoder_channels, channels, config.stride
+    )
     return keras.Model(inputs, decoder(representation), name="patch_ae")
 
 
-def build_decoder(compressed_channels: int, hidden_channels: int, channels: int) -> keras.Model:
-    """R ``(B, h, w, c3)`` to the image ``(B, 8h, 8w, channels)``, patch by patch.
+def build_decoder(
+    compressed_channels: int, hidden_channels: int, channels: int, patch: int
+) -> keras.Model:
+    """R ``(B, h, w, c3)`` to the image ``(B, patch * h, patch * w, channels)``, patch by patch.
 
     Only 1x1 convolutions: each output patch depends on its own vector of R alone.
     """
     codes = keras.Input((None, None, compressed_channels), name="representation_in")
     hidden = keras.layers.Conv2D(hidden_channels, 1, activation="relu", name="decode_hidden")(codes)
-    pixels = keras.layers.Conv2D(FINE_STRIDE * FINE_STRIDE * channels, 1, name="decode_pixels")(
-        hidden
-    )
-    image = DepthToSpace(FINE_STRIDE, dtype="float32", name="depth_to_space")(pixels)
+    pixels = keras.layers.Conv2D(patch * patch * channels, 1, name="decode_pixels")(hidden)
+    image = DepthToSpace(patch, dtype="float32", name="depth_to_space")(pixels)
     return keras.Model(codes, image, name=DECODER)
 
 
@@ -179,93 +198,45 @@ def _patch_norms(differences: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(norms, axis=(1, 2))
 
 
-class PatchAe(Method):
+class PatchAe(TrainedMethod):
     """Patch AE family (methods.md section 3)."""
 
     family = "patch_ae"
+    Config = Config
 
     def build(self) -> keras.Model:
-        return build_patch_ae(self.params.patch_ae, self.channels)
+        return build_patch_ae(self.config.network, self.channels)
 
     def make_pairs(self, clean: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """``(x, x)`` with x = CutPaste(clean): the target is the corrupted input itself."""
-        corrupted = cutpaste(clean, seed, self.params.corruption.cutpaste)
+        corrupted = cutpaste(clean, seed, self.config.corruption)
         return corrupted, corrupted
 
     def loss(self) -> LossFn:
-        alpha = self.params.patch_ae.loss_alpha
+        alpha = self.config.loss.alpha
+        patch = self.config.network.stride
 
         def patch_ae_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-            return hybrid_patch_loss(y_true, y_pred, FINE_STRIDE, alpha)
+            return hybrid_patch_loss(y_true, y_pred, patch, alpha)
 
         return patch_ae_loss
 
     def check_image_size(self, size: int) -> None:
-        if size % COARSE_STRIDE:
-            raise ConfigError(
-                f"dataset.image_size: Patch AE needs a multiple of {COARSE_STRIDE} "
-                f"(the backbone's coarsest stride), got {size}"
-            )
+        super().check_image_size(size)
+        self.config.network.check_image_size(size, self.family)
 
-    def after_training(self, model: keras.Model, train_images: np.ndarray, out_dir: Path) -> None:
+    def after_training(self, model: keras.Model | None, data: CategoryData, out_dir: Path) -> None:
         """Store R of every training image as the memory bank ``out_dir/memory_bank.npy``."""
-        features = batched_predict(encoder(model), train_images, self.params.score.batch_size)
-        bank = build_bank(features)
-        config = self.params.patch_ae
-        if config.coreset_fraction < 1.0:
-            keep = greedy_coreset(
-                bank, config.coreset_fraction, config.coreset_projection, self.params.seed
-            )
-            bank = bank[keep]
+        features = batched_predict(encoder(model), data.train, self.params.score.batch_size)
+        bank = self.config.bank.thinned(build_bank(features), self.params.seed)
         save_bank(Path(out_dir) / MEMORY_BANK_FILE, bank)
 
-    def load_detector(self, model: keras.Model, model_dir: Path) -> Detector:
-        score = self.params.score
-        return PatchAeDetector(
+    def load_detector(self, model: keras.Model | None, model_dir: Path) -> Detector:
+        return MemoryBankDetector(
             encoder(model),
             load_bank(Path(model_dir) / MEMORY_BANK_FILE),
-            sigma=score.patch_ae.sigma,
-            chunk_size=score.patch_ae.chunk_size,
-            batch_size=score.batch_size,
+            MAP_NAME,
+            self.config.score,
+            self.image_size,
+            self.params.score.batch_size,
         )
-
-
-class PatchAeDetector:
-    """Nearest-neighbour distance of each R vector to the memory bank, as an image map."""
-
-    map_names = (MAP_NAME,)
-
-    def __init__(
-        self,
-        encoder_model: keras.Model,
-        bank: np.ndarray,
-        sigma: float,
-        chunk_size: int,
-        batch_size: int,
-    ) -> None:
-        self.encoder = encoder_model
-        self.bank = tf.convert_to_tensor(bank, tf.float32)
-        self.sigma = sigma
-        self.chunk_size = chunk_size
-        self.batch_size = batch_size
-
-    def anomaly_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """``{"knn": (N, H, W) float32}`` for images ``(N, H, W, C)`` in [0, 1]."""
-        maps = [
-            self._batch_maps(images[start : start + self.batch_size])
-            for start in range(0, len(images), self.batch_size)
-        ]
-        empty = np.zeros((0, *images.shape[1:3]), np.float32)
-        return {MAP_NAME: np.concatenate(maps, axis=0) if maps else empty}
-
-    def image_scores(self, maps: np.ndarray) -> np.ndarray:
-        """Maximum of each map: ``(N, H, W)`` to ``(N,)``."""
-        return image_score(maps, "max")
-
-    def _batch_maps(self, images: np.ndarray) -> np.ndarray:
-        features = np.asarray(self.encoder(tf.convert_to_tensor(images, tf.float32)))
-        count, rows, cols, depth = features.shape
-        distances = nearest_distances(features.reshape(-1, depth), self.bank, self.chunk_size)
-        grid = distances.reshape(count, rows, cols, 1)
-        upsampled = tf.image.resize(grid, images.shape[1:3], method="bilinear")
-        return gaussian_smooth(upsampled.numpy()[..., 0], self.sigma)

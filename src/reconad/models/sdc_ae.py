@@ -9,17 +9,27 @@ reconstruction error averaged over channels, smoothed (methods.md §1).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
+from pydantic import ConfigDict, Field
 
-from reconad.config import Phase, SdcAeConfig, SdcScoreConfig
-from reconad.corrupt.elastic import elastic_patch_corruption
+from reconad.config import (
+    FitConfig,
+    Fraction,
+    InputConfig,
+    Positive,
+    PositiveFloat,
+    Section,
+    scaled,
+)
+from reconad.corrupt.elastic import ElasticConfig, ElasticOp, elastic_patch_corruption
 from reconad.errors import ConfigError
-from reconad.losses import sdc_loss
-from reconad.maps import box_smooth, gaussian_smooth, image_score
-from reconad.models.base import LossFn, Method, batched_predict
+from reconad.losses import OBJECTIVES, sdc_loss
+from reconad.maps import IMAGE_SCORES, box_smooth, gaussian_smooth, image_score
+from reconad.models.base import LossFn, MapScoredDetector, TrainedMethod, batched_predict
 from reconad.models.layers import BN_MOMENTUM, ConvexCombination, SdcBlock
 
 MIN_CHANNELS = 4
@@ -29,17 +39,61 @@ CCM_KERNEL = 1
 """Gate convolution of the Convex Combination Module (Model II)."""
 
 
+class NetworkConfig(Section):
+    """Model I/II (v2 Table 1, v3); ``width`` multiplies every layer's channels."""
+
+    architecture: Literal["model1", "model2"]
+    width: Annotated[float, Field(gt=0.0, le=4.0)]
+    encoder_filters: list[Positive] = Field(min_length=1)
+    sdc_filters: Positive
+    dilations: list[Positive] = Field(min_length=1)
+    sdc_blocks: Annotated[int, Field(ge=0)]
+    sdc_kernel: Positive
+
+
+class LossConfig(Section):
+    """The training objective (the top-level ``loss`` block of params.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    objective: Literal[OBJECTIVES]
+    # ``lambda`` is a Python keyword; the YAML key stays ``lambda``.
+    lambda_: Fraction = Field(alias="lambda")
+
+
+class ScoreConfig(Section):
+    """Anomaly map smoothing (v1/v2 Gaussian, v3 ``anomap^{n,k}``) and image score."""
+
+    smoothing: Literal["gaussian", "anomap", "none"]
+    sigma_px: PositiveFloat
+    box_size_px: PositiveFloat
+    box_passes: Positive
+    image_score: Literal[IMAGE_SCORES]
+    top_q: Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class Config(Section):
+    """The ``sdc_ae`` block (and the top-level ``loss`` block it owns)."""
+
+    input: InputConfig
+    network: NetworkConfig
+    train: FitConfig
+    corruption: ElasticConfig
+    loss: LossConfig
+    score: ScoreConfig
+
+
 def scaled_width(filters: int, width: float) -> int:
     """Channels of a layer with the paper's ``filters`` at multiplier ``width``."""
     return max(MIN_CHANNELS, round(filters * width))
 
 
-def downsampling_factor(cfg: SdcAeConfig) -> int:
+def downsampling_factor(cfg: NetworkConfig) -> int:
     """Image sides must be multiples of this: one 2x2 pooling per encoder stage."""
     return 2 ** len(cfg.encoder_filters)
 
 
-def build_sdc_ae(cfg: SdcAeConfig, channels: int) -> keras.Model:
+def build_sdc_ae(cfg: NetworkConfig, channels: int) -> keras.Model:
     """Model I (v2 Table 1) or Model II (Model I + Convex Combination skips, v3).
 
     Encoder stages [conv3x3, conv3x3, maxpool] per ``encoder_filters``; ``sdc_blocks``
@@ -106,14 +160,17 @@ def _conv_bn_relu(
     return keras.layers.ReLU(name=f"{name}_relu")(features)
 
 
-class SdcDetector:
+class SdcDetector(MapScoredDetector):
     """Scores images by the smoothed squared reconstruction error of a trained SDC-AE."""
 
     map_names: tuple[str, ...] = ("residual",)
 
-    def __init__(self, model: keras.Model, score: SdcScoreConfig, batch_size: int) -> None:
+    def __init__(
+        self, model: keras.Model, score: ScoreConfig, image_size: int, batch_size: int
+    ) -> None:
         self._model = model
         self._score = score
+        self._image_size = image_size
         self._batch_size = batch_size
         spec = tf.TensorSpec([None, None, None, model.input_shape[-1]], tf.float32)
         self._residual = tf.function(self._residual_map, input_signature=[spec])
@@ -132,57 +189,60 @@ class SdcDetector:
         if len(images) == 0:
             return {"residual": np.zeros(images.shape[:3], np.float32)}
         residual = batched_predict(self._residual, images, self._batch_size)
-        return {"residual": smooth_residual(residual, self._score)}
+        return {"residual": smooth_residual(residual, self._score, self._image_size)}
 
     def image_scores(self, maps: np.ndarray) -> np.ndarray:
         """``(N,)`` scores: max (or top-q mean) of each map, per ``score.sdc_ae``."""
         return image_score(maps, self._score.image_score, self._score.top_q)
 
 
-def smooth_residual(maps: np.ndarray, score: SdcScoreConfig) -> np.ndarray:
-    """Apply ``score.smoothing``: Gaussian (v1/v2), ``anomap^{n,k}`` box passes (v3), none."""
+def smooth_residual(maps: np.ndarray, score: ScoreConfig, image_size: int) -> np.ndarray:
+    """Apply ``score.smoothing``: Gaussian (v1/v2), ``anomap^{n,k}`` box passes (v3), none.
+
+    Sizes are ``*_px`` settings, rescaled to ``image_size``.
+    """
     if score.smoothing == "gaussian":
-        return gaussian_smooth(maps, score.sigma)
+        return gaussian_smooth(maps, scaled(score.sigma_px, image_size))
     if score.smoothing == "anomap":
-        return box_smooth(maps, score.box_size, score.box_passes)
+        box = max(1, round(scaled(score.box_size_px, image_size)))
+        return box_smooth(maps, box, score.box_passes)
     return np.asarray(maps, dtype=np.float32)
 
 
-class SdcAe(Method):
+class SdcAe(TrainedMethod):
     """SDC-AE family: Model I/II, elastic patch corruption, ``restore``/``contrast`` loss."""
 
     family = "sdc_ae"
+    Config = Config
 
     def build(self) -> keras.Model:
-        return build_sdc_ae(self.params.sdc_ae, self.channels)
+        return build_sdc_ae(self.config.network, self.channels)
 
     def make_pairs(self, clean: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """``(x_hat, [x, M, x_hat])``: corrupted input; clean, mask, input for the loss."""
-        x_hat, x, mask = elastic_patch_corruption(clean, seed, self.params.corruption.elastic)
+        corruption = ElasticOp.at_size(self.config.corruption, self.image_size)
+        x_hat, x, mask = elastic_patch_corruption(clean, seed, corruption)
         return x_hat, tf.concat([x, mask, x_hat], axis=-1)
 
     def loss(self) -> LossFn:
-        return sdc_loss(self.params.loss.objective, self.params.loss.lambda_)
-
-    def schedule(self) -> list[Phase]:
-        """Progressive training: random crops growing at full resolution (v2 sec. 3.2)."""
-        return list(self.params.sdc_ae.schedule)
+        return sdc_loss(self.config.loss.objective, self.config.loss.lambda_)
 
     def check_image_size(self, size: int) -> None:
-        factor = downsampling_factor(self.params.sdc_ae)
-        stages = len(self.params.sdc_ae.encoder_filters)
+        super().check_image_size(size)
+        factor = downsampling_factor(self.config.network)
+        stages = len(self.config.network.encoder_filters)
         if size % factor:
             raise ConfigError(
-                f"dataset.image_size: SDC-AE needs a multiple of {factor} "
+                f"sdc_ae.input.size (or dataset.image_size): SDC-AE needs a multiple of {factor} "
                 f"({stages} poolings), got {size}"
             )
-        for index, phase in enumerate(self.params.sdc_ae.schedule):
+        for index, phase in enumerate(self.fit_config().phases):
             if phase.crop % factor:
                 raise ConfigError(
-                    f"sdc_ae.schedule[{index}].crop: SDC-AE needs a multiple of {factor} "
+                    f"sdc_ae.train.phases[{index}].crop: SDC-AE needs a multiple of {factor} "
                     f"({stages} poolings), got {phase.crop}"
                 )
 
-    def load_detector(self, model: keras.Model, model_dir: Path) -> SdcDetector:
+    def load_detector(self, model: keras.Model | None, model_dir: Path) -> SdcDetector:
         del model_dir
-        return SdcDetector(model, self.params.score.sdc_ae, self.params.score.batch_size)
+        return SdcDetector(model, self.config.score, self.image_size, self.params.score.batch_size)
