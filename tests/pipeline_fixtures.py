@@ -61,6 +61,7 @@ FAMILY_VARIANTS = {
     "sdc_ae": "sdc_restore",
     "aesc": "aesc_stain",
     "patch_ae": "patch_ae",
+    "patchcore": "patchcore",
     "ensemble": "mixed_ensemble",
 }
 """One variant of every method family; the ensemble mixes two families."""
@@ -88,6 +89,8 @@ def tiny_every_family_params() -> dict[str, Any]:
     params["patch_ae"]["network"].update(backbone="random", compressed_channels=8)
     params["patch_ae"]["train"].update(phases=[{"crop": 0, "epochs": 1}], **tiny_fit)
     params["patch_ae"]["bank"]["coreset_fraction"] = 0.5
+    params["patchcore"]["network"]["backbone"] = "random"
+    params["patchcore"]["bank"]["coreset_fraction"] = 0.5
     return params
 
 

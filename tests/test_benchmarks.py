@@ -78,6 +78,8 @@ TINY_BENCH = {
     "patch_ae__train__batch_size": 2,
     "patch_ae__train__phases": [{"crop": 0, "epochs": 1}],
     "patch_ae__bank__coreset_fraction": 0.5,
+    "patchcore__network__backbone": "random",
+    "patchcore__bank__coreset_fraction": 0.5,
 }
 """On top of ``faults_support.TINY`` (32 px, 8 training images of ``brick``): every family
 thin enough to build and step in about a second on a CPU; a random VGG16 backbone."""

@@ -148,7 +148,7 @@ def reads_by_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[st
     write_yaml(workdir / "params.yaml", params)
     category = params["dataset"]["categories"][0]
     commands = [["fetch"], ["prepare"]]
-    for family in ("sdc_ae", "aesc", "patch_ae", "ensemble"):
+    for family in sorted(params["run"], key=lambda name: name == "ensemble"):
         for variant in params["run"][family]:
             for kind in ("train", "calibrate", "evaluate"):
                 commands.append([kind, "--variant", variant, "--category", category])

@@ -38,6 +38,7 @@ FAMILIES: dict[str, Family] = {
     "sdc_ae": Family("reconad.models.sdc_ae:SdcAe", ("sdc_ae", "loss")),
     "aesc": Family("reconad.models.aesc:Aesc", ("aesc",)),
     "patch_ae": Family("reconad.models.patch_ae:PatchAe", ("patch_ae",)),
+    "patchcore": Family("reconad.models.patchcore:PatchCore", ("patchcore",)),
     "ensemble": Family("reconad.models.ensemble:Ensemble", ("ensemble",)),
 }
 
