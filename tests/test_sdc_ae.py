@@ -336,3 +336,18 @@ def test_two_training_steps_on_corrupted_crops_give_finite_losses(objective: str
     dataset = dataset.map(lambda index, clean: method.make_pairs(clean, tf.stack([index, 5])))
     history = model.fit(dataset, epochs=1, steps_per_epoch=2, shuffle=False, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+@pytest.mark.parametrize(("height", "width"), [(8, 8), (16, 16), (32, 32), (8, 16), (20, 12)])
+def test_sdc_block_skips_only_taps_that_read_padding(height: int, width: int) -> None:
+    """Same output as every branch in full, on maps smaller than the largest dilation."""
+    block = SdcBlock(4, [1, 2, 4, 8, 16, 32], 5)
+    inputs = tf.random.stateless_normal((2, height, width, 6), seed=(1, 2))
+    block.build(inputs.shape)
+    full = keras.ops.concatenate([branch(inputs) for branch in block.branches], axis=-1)
+    trimmed = keras.ops.concatenate(
+        [block._dilated(branch, inputs) for branch in block.branches], axis=-1
+    )
+    np.testing.assert_allclose(trimmed, full, atol=1e-5)
+    dynamic = tf.function(block, input_signature=[tf.TensorSpec([None, None, None, 6])])
+    np.testing.assert_allclose(block(inputs), dynamic(inputs), atol=1e-5)

@@ -24,6 +24,7 @@ from reconad.train import (
     learning_rate,
     make_method,
     phase_callbacks,
+    precise_batch_norm,
     relevant_params,
     run_key,
 )
@@ -227,3 +228,19 @@ def test_the_resume_key_changes_with_the_pixels_and_the_variant() -> None:
     assert run_key(params, TINY_VARIANT, _data()) == key
     assert run_key(params, TINY_VARIANT, _data(seed=1)) != key
     assert run_key(params, "sdc_contrast", _data()) != key
+
+
+def test_precise_batch_norm_sets_the_mean_of_every_batch_statistic() -> None:
+    """Each moving statistic becomes the plain mean of the per-batch statistics over the
+    images (batch k folded in with momentum (k - 1) / k); momenta are restored."""
+    inputs = keras.Input((4, 4, 2))
+    norm = keras.layers.BatchNormalization(momentum=0.9, name="norm")
+    model = keras.Model(inputs, norm(inputs))
+    images = np.random.default_rng(0).normal(3.0, 2.0, (10, 4, 4, 2)).astype(np.float32)
+    precise_batch_norm(model, images, batch_size=4)
+    batches = [images[0:4], images[4:8], images[8:10]]
+    means = np.mean([batch.mean(axis=(0, 1, 2)) for batch in batches], axis=0)
+    variances = np.mean([batch.var(axis=(0, 1, 2)) for batch in batches], axis=0)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), means, rtol=1e-5)
+    np.testing.assert_allclose(norm.moving_variance.numpy(), variances, rtol=1e-4)
+    assert norm.momentum == 0.9

@@ -181,6 +181,9 @@ class FitConfig(Section):
     """Early stopping after this many epochs without a better validation loss; 0: off."""
     augment: bool
     """Random rot90/flips, as ``dataset.augment`` allows for the category."""
+    precise_bn: bool
+    """After the last phase, set BatchNorm statistics to their mean over the full-size
+    training images (statistics of small crops do not fit whole images)."""
 
     def total_steps(self) -> int:
         return sum(phase.epochs for phase in self.phases) * self.steps_per_epoch

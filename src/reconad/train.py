@@ -18,7 +18,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from reconad.data.pipeline import training_dataset, validation_dataset
 from reconad.errors import ConfigError, TrainingError
 from reconad.io import atomic_dir, atomic_write_json, check_writable
 from reconad.models import FAMILIES, method_class
-from reconad.models.base import Method, TrainedMethod, adapt_images
+from reconad.models.base import Method, TrainedMethod, adapt_images, all_layers
 from reconad.models.trained import variant_dir
 
 CHECKPOINT_ROOT = Path(".reconad/checkpoints")
@@ -114,7 +114,36 @@ def fit_network(
     if not isinstance(method, TrainedMethod):
         return model, 0, {}
     epochs_run, losses = fit_phases(model, method, data, params, checkpoints)
+    if method.fit_config().precise_bn:
+        precise_batch_norm(model, data.train, method.fit_config().batch_size)
     return model, epochs_run, losses
+
+
+def precise_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int) -> None:
+    """Set every BatchNorm's moving statistics to their mean over the full-size training
+    images ("precise BN", fvcore's ``update_bn_stats``).
+
+    Statistics gathered on small crops (progressive training) do not fit whole images,
+    and an exponential average of the last few hundred steps lags the weights. Batch k
+    (from 1) is folded in with momentum (k - 1) / k, which leaves each moving statistic
+    the plain mean over all batches. No weight changes; dropout is active, as in training.
+    """
+    trainable_norms = [
+        layer
+        for layer in all_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    if not trainable_norms:
+        return
+    momenta = [layer.momentum for layer in trainable_norms]
+    try:
+        for count, start in enumerate(range(0, len(images), batch_size), start=1):
+            for layer in trainable_norms:
+                layer.momentum = (count - 1) / count
+            model(tf.convert_to_tensor(images[start : start + batch_size]), training=True)
+    finally:
+        for layer, momentum in zip(trainable_norms, momenta, strict=True):
+            layer.momentum = momentum
 
 
 def compile_for_training(model: keras.Model, method: TrainedMethod, params: Params) -> None:
@@ -170,8 +199,10 @@ def fit_phases(
     data: CategoryData,
     params: Params,
     checkpoints: Path,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[int, dict[str, float]]:
-    """Run every phase, skipping the ones a previous attempt finished."""
+    """Run every phase, skipping the ones a previous attempt finished; ``extra_callbacks``
+    watch every phase (the learning-curve benchmark evaluates through them)."""
     cfg = method.fit_config()
     epochs_done = 0
     losses: dict[str, float] = {}
@@ -203,9 +234,12 @@ def fit_phases(
             epochs=phase.epochs,
             steps_per_epoch=cfg.steps_per_epoch,
             shuffle=False,  # tf.data already draws random crops; Keras would only warn
-            callbacks=phase_callbacks(
-                backup_dir, cfg.patience or None, index, epochs_done, method.family
-            ),
+            callbacks=[
+                *phase_callbacks(
+                    backup_dir, cfg.patience or None, index, epochs_done, method.family
+                ),
+                *extra_callbacks,
+            ],
             verbose=2,
         )
         epochs_done += history.epoch[-1] + 1 if history.epoch else phase.epochs

@@ -30,6 +30,7 @@ from pydantic import Field
 
 from reconad.config import Positive, Section
 from reconad.errors import ConfigError
+from reconad.models.base import all_layers
 
 BACKBONES = ("hed_vgg16", "resnet50", "resnet101", "file", "random")
 DEEPEST_STRIDE = 32
@@ -313,18 +314,9 @@ def existing_weights_file(weights: str) -> Path:
 
 def freeze_batch_norm(model: keras.Model) -> None:
     """Keep BatchNorm statistics fixed: batches of a few crops cannot re-estimate them."""
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-
-
-def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    layers = []
-    for layer in model.layers:
-        layers.append(layer)
-        if isinstance(layer, keras.Model):
-            layers.extend(_all_layers(layer))
-    return layers
 
 
 def _load_or_explain(load: Callable[[], keras.Model], name: str, path: Path) -> keras.Model:

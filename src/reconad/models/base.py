@@ -229,3 +229,11 @@ def batched_predict(
         for start in range(0, len(images), batch)
     ]
     return np.concatenate(outputs, axis=0) if outputs else np.zeros((0,), np.float32)
+
+
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer inside ``model``: nested models' layers and the sublayers of custom
+    layers too (the BatchNorms inside an ``SdcBlock``), which ``model.layers`` does not
+    list. Keras has no public call for this; ``_flatten_layers`` is what its own
+    ``summary`` and weight tracking walk."""
+    return list(model._flatten_layers(include_self=False, recursive=True))

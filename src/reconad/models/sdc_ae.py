@@ -172,8 +172,9 @@ class SdcDetector(MapScoredDetector):
         self._score = score
         self._image_size = image_size
         self._batch_size = batch_size
-        spec = tf.TensorSpec([None, None, None, model.input_shape[-1]], tf.float32)
-        self._residual = tf.function(self._residual_map, input_signature=[spec])
+        # Traced per image size (a category has one): static sizes let the SDC blocks skip
+        # dilated taps that only read padding.
+        self._residual = tf.function(self._residual_map)
 
     def _residual_map(self, images: tf.Tensor) -> tf.Tensor:
         reconstruction = tf.cast(self._model(images, training=False), tf.float32)
