@@ -53,6 +53,8 @@ REPORT_METRICS = (
     "tpr_tnr_mean",
     "image_f1",
     "pixel_f1",
+    "training_minutes",
+    "ms_per_image",
 )
 SELECTION = ("--variant", TINY_VARIANT, "--category", TINY_CATEGORY)
 STAGES: tuple[tuple[str, ...], ...] = (
@@ -203,8 +205,12 @@ def test_evaluation_metrics_are_finite_probabilities(pipeline: PipelineRun) -> N
         PRIMARY_MAP,
     )
     metrics = summary[PRIMARY_MAP]
-    for name in REPORT_METRICS:
+    for name in REPORT_METRICS[:-2]:
         assert math.isfinite(metrics[name]) and 0.0 <= metrics[name] <= 1.0, name
+    assert summary["rule"] == "components"
+    description = pipeline.json(MODEL_DIR / "model" / "config.json")
+    assert metrics["training_minutes"] == round(description["training_seconds"] / 60, 2)
+    assert metrics["ms_per_image"] > 0
     assert metrics["tpr_tnr_mean"] == pytest.approx((metrics["tpr"] + metrics["tnr"]) / 2)
     calibration = pipeline.json(MODEL_DIR / "threshold.json")
     assert metrics["threshold"] == calibration["maps"][PRIMARY_MAP]["components"]
@@ -296,11 +302,15 @@ def test_html_report_is_self_contained(pipeline: PipelineRun) -> None:
 
 
 def test_metrics_command_prints_a_table(pipeline: PipelineRun) -> None:
+    """The means side by side first (one variant: each is the best, marked), then each
+    category."""
     lines = pipeline.results["metrics"].stdout.strip().splitlines()
     assert lines[0].split()[:5] == ["variant", "category", "image_auroc", "pixel_auroc", "aupro"]
+    assert lines[0].split()[-2:] == ["training_minutes", "ms_per_image"]
     image_auroc = pipeline.json("reports/metrics.json")[TINY_VARIANT][TINY_CATEGORY]["image_auroc"]
-    assert lines[1].split()[:3] == [TINY_VARIANT, TINY_CATEGORY, f"{image_auroc:.3f}"]
-    assert lines[2].split()[:2] == [TINY_VARIANT, "mean"]
+    assert lines[1].split()[:4] == [TINY_VARIANT, "mean", f"{image_auroc:.3f}", "*"]
+    assert lines[2].split()[:3] == [TINY_VARIANT, TINY_CATEGORY, f"{image_auroc:.3f}"]
+    assert "*" not in lines[2]
     assert len(lines) == 3
 
 
@@ -463,3 +473,64 @@ def copy(source: Path, target: Path) -> None:
         shutil.copytree(source, target)
     else:
         shutil.copy2(source, target)
+
+
+@pytest.fixture(scope="module")
+def tiff_predictions(pipeline: PipelineRun) -> Path:
+    """``reconad predict --maps-format tiff`` on the prepared test images."""
+    out = Path("predictions_tiff")
+    argv = ["predict", "--model", str(MODEL_DIR), "--input", str(CATEGORY_DIR / "test")]
+    with in_project(pipeline.workdir, pipeline.tracking_uri):
+        result = run_cli([*argv, "--output", str(out), "--maps-format", "tiff"])
+    assert result.code == 0, result.stderr
+    return pipeline.path(out)
+
+
+def mvtec_style_evaluation(predictions: Path, category: Path) -> tuple[float, float]:
+    """An independent evaluation as the MVTec AD script does it: read each float map
+    (TIFF, named after the image), take its maximum as the image score, compare with
+    the ground truth folders; pixel AUROC over every test pixel. scikit-learn and
+    tifffile only: no reconad code."""
+    import tifffile
+
+    scores, labels, pixels, truths = [], [], [], []
+    for image in sorted((category / "test").rglob("*.png")):
+        defect = image.parent.name
+        stem = image.relative_to(category / "test").with_suffix("").as_posix().replace("/", "__")
+        anomaly_map = tifffile.imread(predictions / f"{stem}_map.tiff")
+        assert (
+            anomaly_map.dtype == np.float32
+            and anomaly_map.shape == cv2.imread(str(image), cv2.IMREAD_UNCHANGED).shape[:2]
+        )
+        scores.append(float(anomaly_map.max()))
+        labels.append(int(defect != "good"))
+        mask_file = category / "ground_truth" / defect / f"{image.stem}_mask.png"
+        truth = (
+            cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE) > 0
+            if defect != "good"
+            else np.zeros(anomaly_map.shape, bool)
+        )
+        pixels.append(anomaly_map.ravel())
+        truths.append(truth.ravel())
+    return (
+        roc_auc_score(labels, scores),
+        roc_auc_score(np.concatenate(truths), np.concatenate(pixels)),
+    )
+
+
+def test_tiff_maps_evaluate_independently_to_the_reported_aurocs(
+    pipeline: PipelineRun, tiff_predictions: Path
+) -> None:
+    """SDC-AE's image score is the map's maximum, as the MVTec AD script takes it, so an
+    independent evaluation of the TIFF maps must give evaluate's image and pixel AUROC."""
+    image, pixel = mvtec_style_evaluation(tiff_predictions, pipeline.path(CATEGORY_DIR))
+    reported = pipeline.json("reports/metrics.json")[TINY_VARIANT][TINY_CATEGORY]
+    assert image == pytest.approx(reported["image_auroc"], abs=1e-4)
+    assert pixel == pytest.approx(reported["pixel_auroc"], abs=1e-4)
+
+
+def test_each_json_line_names_its_float_map(tiff_predictions: Path) -> None:
+    lines = (tiff_predictions / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    for record in map(json.loads, lines):
+        assert record["map_file"].endswith("_map.tiff")
+        assert Path(record["map_file"]).name in {p.name for p in tiff_predictions.iterdir()}

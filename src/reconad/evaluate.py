@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,10 +55,15 @@ def evaluate(
     trained = load_trained(model_dir, params)
     calibration = trained.threshold()
     data = load_split(paths.prepared_category(category, prepared_dir))
+    start = time.perf_counter()
     scores = score_images(trained.detector, data.test, f"scoring {variant}/{category} (test)")
+    cost = {
+        "training_minutes": round(trained.description["training_seconds"] / 60.0, 2),
+        "ms_per_image": round(1000.0 * (time.perf_counter() - start) / len(data.test), 1),
+    }
     decisions = {name: decision(scores, name, calibration) for name in trained.detector.map_names}
     results = {
-        name: map_metrics(scores, name, data, made, params.evaluate.max_fpr)
+        name: {**map_metrics(scores, name, data, made, params.evaluate.max_fpr), **cost}
         for name, made in decisions.items()
     }
     primary = trained.primary_map

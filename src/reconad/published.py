@@ -45,6 +45,7 @@ MVTEC_OBJECTS = (
     "transistor",
     "zipper",
 )
+MVTEC_CATEGORIES = (*MVTEC_TEXTURES, *MVTEC_OBJECTS)
 MISSING = "–"
 
 # Rows in the papers' order (textures, then objects); "mean" is the "avg. all" /

@@ -23,7 +23,7 @@ from reconad import paths
 from reconad.config import Params
 from reconad.errors import ReconadError
 from reconad.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
-from reconad.published import published_table
+from reconad.published import MVTEC_CATEGORIES, published_table
 
 REPORT_METRICS = (
     "image_auroc",
@@ -34,7 +34,21 @@ REPORT_METRICS = (
     "tpr_tnr_mean",
     "image_f1",
     "pixel_f1",
+    "training_minutes",
+    "ms_per_image",
 )
+OVERVIEW_METRICS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "tpr_tnr_mean",
+    "pixel_f1",
+    "training_minutes",
+    "ms_per_image",
+)
+"""The columns of the side-by-side table and of ``reconad metrics``."""
+LOWER_IS_BETTER = frozenset({"training_minutes", "ms_per_image"})
+BEST_MARK = "*"
 METRICS_JSON = "metrics.json"
 # The params sections the report prints; dvc.yaml's report stage lists the same.
 REPORTED_PARAMS = ("seed", "profile", "dataset", "run", "variants", "calibrate")
@@ -48,6 +62,7 @@ class Evaluation:
     variant: str
     category: str
     primary: str
+    rule: str
     metrics: dict[str, dict[str, float]]
     curves: dict[str, Any]
     examples: list[Path]
@@ -98,6 +113,7 @@ def load_evaluation(directory: Path) -> Evaluation:
         summary["variant"],
         summary["category"],
         summary["primary"],
+        summary["rule"],
         maps,
         curves,
         examples,
@@ -204,12 +220,25 @@ def report_blocks(
             f"(rule `{params.calibrate.rule}`).",
         ),
     ]
+    blocks.append(Block("heading2", "Every variant side by side (mean over the categories)"))
+    blocks.append(
+        Block(
+            "text",
+            f"The best value of each column is marked {BEST_MARK}. Cost: training minutes "
+            "per category (on this machine) and scoring milliseconds per test image. "
+            "`decided by`: the calibration rule whose threshold gave TPR/TNR and F1.",
+        )
+    )
+    blocks.append(Block("table", overview_table(metrics, evaluations)))
     for series, per_category in metrics.items():
         blocks.append(Block("heading2", series))
         blocks.append(Block("table", metrics_table(per_category)))
-    if params.dataset.name == "mvtec_ad":
-        blocks.append(Block("heading2", "Ours next to the published MVTec AD numbers"))
-        blocks.append(Block("table", published_table(metrics, params.dataset.categories)))
+    if mvtec_categories(params):
+        title = "Ours next to the published MVTec AD numbers"
+        if params.dataset.name != "mvtec_ad":
+            title += " (local copy, may be resized)"
+        blocks.append(Block("heading2", title))
+        blocks.append(Block("table", published_table(metrics, mvtec_categories(params))))
     blocks.append(Block("heading2", "By defect type"))
     blocks.append(
         Block(
@@ -237,6 +266,41 @@ def report_blocks(
         Block("code", yaml.safe_dump({k: dump[k] for k in REPORTED_PARAMS}, sort_keys=False))
     )
     return blocks
+
+
+def mvtec_categories(params: Params) -> list[str]:
+    """The categories of this run named like MVTec AD ones (all of them for ``mvtec_ad``)."""
+    return [c for c in params.dataset.categories if c in MVTEC_CATEGORIES]
+
+
+def overview_table(
+    metrics: dict[str, dict[str, dict[str, float]]], evaluations: list[Evaluation]
+) -> list[list[str]]:
+    """One row per series (mean over categories), the best of each column marked."""
+    rules = {e.variant: e.rule for e in evaluations}
+    rows = [["variant", *OVERVIEW_METRICS, "decided by"]]
+    best = best_values(metrics)
+    for series, per_category in metrics.items():
+        mean = per_category["mean"]
+        cells = [marked(mean[k], best[k]) for k in OVERVIEW_METRICS]
+        rows.append([series, *cells, rules[series.split(MAP_SEPARATOR)[0]]])
+    return rows
+
+
+def best_values(metrics: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """The best mean of each overview column over all series (lowest for costs)."""
+    best = {}
+    for key in OVERVIEW_METRICS:
+        values = [s["mean"][key] for s in metrics.values() if math.isfinite(s["mean"][key])]
+        pick = min if key in LOWER_IS_BETTER else max
+        best[key] = pick(values) if values else float("nan")
+    return best
+
+
+def marked(value: float, best: float) -> str:
+    """``value`` with 3 decimals (costs with 1), marked when it is the best."""
+    text = f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{text} {BEST_MARK}" if math.isfinite(value) and value == best else text
 
 
 def metrics_table(per_category: dict[str, dict[str, float]]) -> list[list[str]]:
@@ -339,19 +403,25 @@ pre {{ background: #f6f6f6; padding: 1em; font-size: 0.8em; overflow-x: auto; }}
 """
 
 
-def format_metrics(
-    path: Path, columns: tuple[str, ...] = (*REPORT_METRICS[:3], "tpr_tnr_mean", "pixel_f1")
-) -> str:
-    """``reports/metrics.json`` as an aligned text table, one row per series and category."""
+def format_metrics(path: Path, columns: tuple[str, ...] = OVERVIEW_METRICS) -> str:
+    """``reports/metrics.json`` as an aligned text table: every variant side by side on
+    the mean over the categories (the best of each column marked), then each category."""
     if not path.exists():
         raise ReconadError(f"{path}: missing; run `dvc repro` first")
     tree = read_json(path)
+    best = best_values(tree)
     header = ["variant", "category", *columns]
-    rows = [
-        [series, category, *(f"{values[c]:.3f}" for c in columns)]
+    means = [
+        [series, "mean", *(marked(per_category["mean"][c], best[c]) for c in columns)]
+        for series, per_category in tree.items()
+    ]
+    details = [
+        [series, category, *(marked(values[c], float("nan")) for c in columns)]
         for series, per_category in tree.items()
         for category, values in per_category.items()
+        if category != "mean"
     ]
+    rows = [*means, *details]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
