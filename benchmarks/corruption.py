@@ -235,7 +235,7 @@ def pipeline_rate(
         images,
         crop,
         fit.batch_size,
-        params.dataset.augment_for("default") if fit.augment else None,
+        params.dataset.augment["default"] if fit.augment else None,
         params.seed,
         method.make_pairs,
     )

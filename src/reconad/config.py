@@ -90,10 +90,6 @@ class DatasetConfig(Section):
             raise ValueError("dataset.augment: needs a 'default' entry")
         return self
 
-    def augment_for(self, category: str) -> AugmentConfig:
-        """The rot90/flips allowed for ``category``: its own entry or ``default``."""
-        return self.augment.get(category, self.augment["default"])
-
 
 class VariantConfig(Section):
     """A named variant: a method family plus dotted overrides of other params."""

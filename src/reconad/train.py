@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from reconad import paths, tracking
 from reconad.config import FitConfig, Params
+from reconad.data import orientation
 from reconad.data.layout import CategoryData, load_split
 from reconad.data.pipeline import training_dataset, validation_dataset
 from reconad.errors import ConfigError, TrainingError
@@ -204,6 +205,7 @@ def fit_phases(
     """Run every phase, skipping the ones a previous attempt finished; ``extra_callbacks``
     watch every phase (the learning-curve benchmark evaluates through them)."""
     cfg = method.fit_config()
+    augment = orientation.augmentation(params.dataset, data.category) if cfg.augment else None
     epochs_done = 0
     losses: dict[str, float] = {}
     val = validation_dataset(data.val, cfg.batch_size, params.seed, method.make_pairs)
@@ -224,7 +226,7 @@ def fit_phases(
             data.train,
             phase.crop or data.image_size,
             cfg.batch_size,
-            params.dataset.augment_for(data.category) if cfg.augment else None,
+            augment,
             params.seed + 1000 * index,
             method.make_pairs,
         )
