@@ -86,10 +86,10 @@ def tiny_every_family_params() -> dict[str, Any]:
         width=0.25, filters=[16, 32, 64, 128], dropout=[0.0, 0.0, 0.1, 0.2]
     )
     params["aesc"]["train"].update(phases=[{"crop": 0, "epochs": 1}], **tiny_fit)
-    params["patch_ae"]["network"].update(backbone="random", compressed_channels=8)
+    params["patch_ae"]["network"].update(backbone="vgg16", weights="random", compressed_channels=8)
     params["patch_ae"]["train"].update(phases=[{"crop": 0, "epochs": 1}], **tiny_fit)
     params["patch_ae"]["bank"]["coreset_fraction"] = 0.5
-    params["patchcore"]["network"]["backbone"] = "random"
+    params["patchcore"]["network"].update(backbone="vgg16", weights="random")
     params["patchcore"]["bank"]["coreset_fraction"] = 0.5
     return params
 

