@@ -37,7 +37,7 @@ from reconad import paths  # noqa: E402
 from reconad.config import Params, apply_overrides, load_params, params_from_dict  # noqa: E402
 from reconad.data.layout import CategoryData, load_split  # noqa: E402
 from reconad.metrics import aupro, image_auroc, pixel_auroc  # noqa: E402
-from reconad.models.base import AdaptedDetector, TrainedMethod  # noqa: E402
+from reconad.models.base import AdaptedDetector, TrainedMethod, precise_batch_norm  # noqa: E402
 from reconad.score import score_images  # noqa: E402
 from reconad.train import as_seen_by, compiled_model, fit_phases, make_method  # noqa: E402
 
@@ -80,8 +80,12 @@ class CurveRecorder(keras.callbacks.Callback):
             self.points.append(self.measure())
 
     def measure(self) -> Point:
-        """The test metrics of the model as it is now."""
+        """The test metrics of the model as it is now, with its BatchNorm statistics
+        recomputed on full-size images as training ends (``train.precise_bn``); training
+        itself uses batch statistics, so this does not change how it goes on."""
         fit = self.method.fit_config()
+        if fit.precise_bn:
+            precise_batch_norm(self.model, self.seen.train, fit.batch_size)
         with tempfile.TemporaryDirectory() as state:
             self.method.after_training(self.model, self.seen, Path(state))
             inner = self.method.load_detector(self.model, Path(state))

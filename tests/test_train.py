@@ -16,6 +16,9 @@ from reconad.config import Params, load_params, params_from_dict
 from reconad.data.layout import CategoryData
 from reconad.errors import ConfigError
 from reconad.models import method_class
+from reconad.models.base import precise_batch_norm
+from reconad.synthetic import METRIC, SyntheticValidation
+from reconad.tracking import EpochMetricsLogger
 from reconad.train import (
     cluster_workers,
     compiled_model,
@@ -24,7 +27,6 @@ from reconad.train import (
     learning_rate,
     make_method,
     phase_callbacks,
-    precise_batch_norm,
     relevant_params,
     run_key,
 )
@@ -42,20 +44,58 @@ def _tiny(**changes: object) -> Params:
     return params_from_dict(raw, variant=TINY_VARIANT)
 
 
-def _early_stopping(patience: int | None, tmp_path: Path) -> list[keras.callbacks.EarlyStopping]:
-    callbacks = phase_callbacks(tmp_path, patience, phase=0, first_epoch=0, family="sdc_ae")
+def _callbacks(tmp_path: Path, patience: int, monitor: str) -> list[keras.callbacks.Callback]:
+    params = _tiny(sdc_ae__train__patience=patience, sdc_ae__train__monitor=monitor)
+    method = make_method(params, "sdc_restore", 1)
+    data = load_split_of_tiny(tmp_path)
+    return phase_callbacks(tmp_path / "backup", 0, 0, method, data, params.seed)
+
+
+def load_split_of_tiny(tmp_path: Path) -> CategoryData:
+    """A small grey category: 6 training and 4 validation images of 32 px."""
+    rng = np.random.default_rng(0)
+    images = rng.random((10, 32, 32, 1), dtype=np.float32)
+    empty = np.zeros((0, 32, 32, 1), np.float32)
+    return CategoryData(
+        category="gravel",
+        color="grey",
+        image_size=32,
+        train=images[:6],
+        val=images[6:],
+        test=empty,
+        test_labels=np.zeros((0,), np.int64),
+        test_masks=np.zeros((0, 32, 32), bool),
+        test_names=[],
+        test_defects=[],
+        train_names=[],
+        val_names=[],
+    )
+
+
+def _early_stopping(callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
     return [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
 
 
 def test_no_patience_means_no_early_stopping(tmp_path: Path) -> None:
-    assert _early_stopping(None, tmp_path) == []
+    callbacks = _callbacks(tmp_path, 0, "synthetic")
+    assert _early_stopping(callbacks) == []
+    assert not any(isinstance(c, SyntheticValidation) for c in callbacks)
 
 
 def test_a_patience_stops_early_and_keeps_the_best_weights(tmp_path: Path) -> None:
-    [stopping] = _early_stopping(4, tmp_path)
+    [stopping] = _early_stopping(_callbacks(tmp_path, 4, "val_loss"))
     assert stopping.patience == 4
     assert stopping.restore_best_weights
-    assert stopping.monitor == "val_loss"
+    assert (stopping.monitor, stopping.mode) == ("val_loss", "min")
+
+
+def test_the_synthetic_score_is_logged_before_early_stopping_reads_it(tmp_path: Path) -> None:
+    callbacks = _callbacks(tmp_path, 3, "synthetic")
+    kinds = [type(c) for c in callbacks]
+    [stopping] = _early_stopping(callbacks)
+    assert (stopping.monitor, stopping.mode) == (METRIC, "max")
+    assert kinds.index(SyntheticValidation) < kinds.index(keras.callbacks.EarlyStopping)
+    assert kinds.index(SyntheticValidation) < kinds.index(EpochMetricsLogger)
 
 
 def _patience(variant: str) -> int:

@@ -174,7 +174,11 @@ class FitConfig(Section):
     steps_per_epoch: Positive
     phases: list[Phase] = Field(min_length=1)
     patience: NonNegative
-    """Early stopping after this many epochs without a better validation loss; 0: off."""
+    """Early stopping after this many epochs without a better ``monitor``; 0: off. The
+    weights of the best epoch are kept."""
+    monitor: Literal["val_loss", "synthetic"]
+    """What early stopping watches: the loss on corrupted validation normals, or how well
+    the maps localise the training corruption pasted into them (``reconad.synthetic``)."""
     augment: bool
     """Random rot90/flips, as ``dataset.augment`` allows for the category."""
     precise_bn: bool

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from reconad import paths, tracking
+from reconad import paths, synthetic, tracking
 from reconad.config import FitConfig, Params
 from reconad.data import orientation
 from reconad.data.layout import CategoryData, load_split
@@ -35,7 +35,7 @@ from reconad.data.pipeline import training_dataset, validation_dataset
 from reconad.errors import ConfigError, TrainingError
 from reconad.io import atomic_dir, atomic_write_json, check_writable
 from reconad.models import FAMILIES, method_class
-from reconad.models.base import Method, TrainedMethod, adapt_images, all_layers
+from reconad.models.base import Method, TrainedMethod, adapt_images, precise_batch_norm
 from reconad.models.trained import variant_dir
 
 CHECKPOINT_ROOT = Path(".reconad/checkpoints")
@@ -118,33 +118,6 @@ def fit_network(
     if method.fit_config().precise_bn:
         precise_batch_norm(model, data.train, method.fit_config().batch_size)
     return model, epochs_run, losses
-
-
-def precise_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int) -> None:
-    """Set every BatchNorm's moving statistics to their mean over the full-size training
-    images ("precise BN", fvcore's ``update_bn_stats``).
-
-    Statistics gathered on small crops (progressive training) do not fit whole images,
-    and an exponential average of the last few hundred steps lags the weights. Batch k
-    (from 1) is folded in with momentum (k - 1) / k, which leaves each moving statistic
-    the plain mean over all batches. No weight changes; dropout is active, as in training.
-    """
-    trainable_norms = [
-        layer
-        for layer in all_layers(model)
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-    ]
-    if not trainable_norms:
-        return
-    momenta = [layer.momentum for layer in trainable_norms]
-    try:
-        for count, start in enumerate(range(0, len(images), batch_size), start=1):
-            for layer in trainable_norms:
-                layer.momentum = (count - 1) / count
-            model(tf.convert_to_tensor(images[start : start + batch_size]), training=True)
-    finally:
-        for layer, momentum in zip(trainable_norms, momenta, strict=True):
-            layer.momentum = momentum
 
 
 def compile_for_training(model: keras.Model, method: TrainedMethod, params: Params) -> None:
@@ -237,9 +210,7 @@ def fit_phases(
             steps_per_epoch=cfg.steps_per_epoch,
             shuffle=False,  # tf.data already draws random crops; Keras would only warn
             callbacks=[
-                *phase_callbacks(
-                    backup_dir, cfg.patience or None, index, epochs_done, method.family
-                ),
+                *phase_callbacks(backup_dir, index, epochs_done, method, data, params.seed),
                 *extra_callbacks,
             ],
             verbose=2,
@@ -295,20 +266,34 @@ def save_weights_atomically(model: keras.Model, path: Path) -> None:
     partial.replace(path)
 
 
+MONITORS = {"val_loss": ("val_loss", "min"), "synthetic": (synthetic.METRIC, "max")}
+"""``train.monitor`` to the Keras log key early stopping watches, and its direction."""
+
+
 def phase_callbacks(
-    backup_dir: Path, patience: int | None, phase: int, first_epoch: int, family: str
+    backup_dir: Path,
+    phase: int,
+    first_epoch: int,
+    method: TrainedMethod,
+    data: CategoryData,
+    seed: int,
 ) -> list[keras.callbacks.Callback]:
     """Backup for resuming, the NaN guard, MLflow logging and, when ``patience`` is set,
-    early stopping that keeps the weights of the best validation epoch."""
-    callbacks = [
+    early stopping on the ``monitor`` that keeps the weights of the best epoch (the
+    synthetic-defect score is computed first, so that early stopping and MLflow see it)."""
+    fit = method.fit_config()
+    callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True),
-        NonFiniteLossGuard(phase, family),
-        tracking.EpochMetricsLogger(first_epoch),
+        NonFiniteLossGuard(phase, method.family),
     ]
-    if patience is not None:
+    if fit.patience and fit.monitor == "synthetic":
+        callbacks.append(synthetic.SyntheticValidation(method, data, seed))
+    callbacks.append(tracking.EpochMetricsLogger(first_epoch))
+    if fit.patience:
+        key, mode = MONITORS[fit.monitor]
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=patience, restore_best_weights=True
+                monitor=key, mode=mode, patience=fit.patience, restore_best_weights=True
             )
         )
     return callbacks

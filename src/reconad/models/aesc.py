@@ -471,6 +471,11 @@ class Aesc(TrainedMethod):
         corrupted, _ = corrupt(clean, seed, self.config.corruption.model)
         return corrupted, clean
 
+    def synthetic_defects(self, clean: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The stains (or other corruption) and the pixels they may have changed."""
+        corrupted, region = corrupt(clean, seed, self.config.corruption.model)
+        return corrupted, tf.cast(region, tf.float32)
+
     def loss(self) -> LossFn:
         """MSE between the clean image and the reconstruction of its corrupted version."""
         return keras.losses.MeanSquaredError(name="mse")

@@ -162,6 +162,19 @@ class TrainedMethod(Method):
     def loss(self) -> LossFn:
         """``loss(y_true, y_pred)`` where ``y_true`` is the target of :meth:`make_pairs`."""
 
+    @abc.abstractmethod
+    def synthetic_defects(self, clean: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The family's training corruption as defects to find: ``(images, masks)``.
+
+        Args:
+            clean: float32 ``(B, H, W, C)`` in [0, 1].
+            seed: int64 ``(2,)`` stateless seed.
+
+        Returns:
+            The corrupted images ``(B, H, W, C)`` and where they changed, ``(B, H, W, 1)``
+            in [0, 1] (:mod:`reconad.synthetic` scores the maps against it).
+        """
+
     def check_image_size(self, size: int) -> None:
         for index, phase in enumerate(self.fit_config().phases):
             if phase.crop > size:
@@ -237,3 +250,30 @@ def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
     list. Keras has no public call for this; ``_flatten_layers`` is what its own
     ``summary`` and weight tracking walk."""
     return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def precise_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int) -> None:
+    """Set every BatchNorm's moving statistics to their mean over the full-size training
+    images ("precise BN", fvcore's ``update_bn_stats``).
+
+    Statistics gathered on small crops (progressive training) do not fit whole images,
+    and an exponential average of the last few hundred steps lags the weights. Batch k
+    (from 1) is folded in with momentum (k - 1) / k, which leaves each moving statistic
+    the plain mean over all batches. No weight changes; dropout is active, as in training.
+    """
+    trainable_norms = [
+        layer
+        for layer in all_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    if not trainable_norms:
+        return
+    momenta = [layer.momentum for layer in trainable_norms]
+    try:
+        for count, start in enumerate(range(0, len(images), batch_size), start=1):
+            for layer in trainable_norms:
+                layer.momentum = (count - 1) / count
+            model(tf.convert_to_tensor(images[start : start + batch_size]), training=True)
+    finally:
+        for layer, momentum in zip(trainable_norms, momenta, strict=True):
+            layer.momentum = momentum

@@ -23,7 +23,7 @@ import tensorflow as tf
 from keras import ops
 
 from reconad.config import FitConfig, Fraction, InputConfig, Positive, Section
-from reconad.corrupt.cutpaste import CutPasteConfig, cutpaste
+from reconad.corrupt.cutpaste import CutPasteConfig, cutpaste, cutpaste_with_mask
 from reconad.data.layout import CategoryData
 from reconad.memory_bank import (
     MEMORY_BANK_FILE,
@@ -211,6 +211,10 @@ class PatchAe(TrainedMethod):
         """``(x, x)`` with x = CutPaste(clean): the target is the corrupted input itself."""
         corrupted = cutpaste(clean, seed, self.config.corruption)
         return corrupted, corrupted
+
+    def synthetic_defects(self, clean: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """CutPaste defects and the pixels they pasted."""
+        return cutpaste_with_mask(clean, seed, self.config.corruption)
 
     def loss(self) -> LossFn:
         alpha = self.config.loss.alpha

@@ -225,6 +225,12 @@ class SdcAe(TrainedMethod):
         x_hat, x, mask = elastic_patch_corruption(clean, seed, corruption)
         return x_hat, tf.concat([x, mask, x_hat], axis=-1)
 
+    def synthetic_defects(self, clean: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The elastic patches and their soft masks."""
+        corruption = ElasticOp.at_size(self.config.corruption, self.image_size)
+        x_hat, _, mask = elastic_patch_corruption(clean, seed, corruption)
+        return x_hat, mask[..., :1]
+
     def loss(self) -> LossFn:
         return sdc_loss(self.config.loss.objective, self.config.loss.lambda_)
 

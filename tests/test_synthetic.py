@@ -1,0 +1,136 @@
+"""Label-free validation: each family's training corruption pasted into validation
+normals, and how well a model's maps localise it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from reconad.config import apply_overrides, params_from_dict
+from reconad.data.layout import CategoryData
+from reconad.errors import ConfigError
+from reconad.models.base import Scores
+from reconad.synthetic import (
+    SyntheticSet,
+    SyntheticValidation,
+    localisation_auroc,
+    synthetic_set,
+)
+from reconad.train import make_method
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+TINY = {
+    "dataset.image_size": 32,
+    "sdc_ae.train.phases": [{"crop": 32, "epochs": 1}],
+    "aesc.network.filters": [8, 16, 32],
+    "aesc.network.dropout": [0.0, 0.1, 0.2],
+    "patch_ae.network.weights": "random",
+    "patch_ae.network.compressed_channels": 8,
+}
+
+
+def _method(variant: str, **overrides: object):
+    raw = yaml.safe_load(REPO_PARAMS.read_text(encoding="utf-8"))
+    raw = apply_overrides(raw, {**TINY, **overrides}, "test", None)
+    return make_method(params_from_dict(raw, variant), variant, 1)
+
+
+def _data(count: int = 8) -> CategoryData:
+    images = np.random.default_rng(0).random((count, 32, 32, 1), dtype=np.float32)
+    empty = np.zeros((0, 32, 32, 1), np.float32)
+    return CategoryData(
+        category="gravel",
+        color="grey",
+        image_size=32,
+        train=images,
+        val=images,
+        test=empty,
+        test_labels=np.zeros((0,), np.int64),
+        test_masks=np.zeros((0, 32, 32), bool),
+        test_names=[],
+        test_defects=[],
+        train_names=[],
+        val_names=[],
+    )
+
+
+@pytest.mark.parametrize("variant", ["sdc_restore", "aesc_stain", "patch_ae"])
+def test_each_family_pastes_its_own_corruption_with_exact_masks(variant: str) -> None:
+    method = _method(variant)
+    clean = _data().val
+    made = synthetic_set(method, clean, seed=3)
+    assert made.images.shape == clean.shape and made.masks.shape == clean.shape[:3]
+    assert made.masks.any()
+    changed = np.abs(made.images - clean).max(axis=-1) > 1e-6
+    # soft masks (SDC-AE's faded disks) also change pixels below the level they are
+    # binarised at; crisp ones (stains, CutPaste) only inside
+    outside = (changed & ~made.masks).sum()
+    assert outside < (0.5 if variant == "sdc_restore" else 0.02) * changed.sum()
+    again = synthetic_set(method, clean, seed=3)
+    np.testing.assert_array_equal(made.images, again.images)
+
+
+def test_a_map_equal_to_the_mask_scores_one_and_a_flat_map_one_half(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    method = _method("sdc_restore", **{"sdc_ae.train.precise_bn": False})
+    data = _data()
+    made = synthetic_set(method, data.val, seed=1)
+
+    class Perfect:
+        map_names = ("residual",)
+
+        def score(self, images: np.ndarray) -> Scores:
+            return Scores({"residual": made.masks.astype(np.float32)}, {})
+
+    class Flat(Perfect):
+        def score(self, images: np.ndarray) -> Scores:
+            return Scores({"residual": np.zeros(made.masks.shape, np.float32)}, {})
+
+    monkeypatch.setattr(method, "load_detector", lambda model, state: Perfect())
+    assert localisation_auroc(method, None, data, made) == 1.0
+    monkeypatch.setattr(method, "load_detector", lambda model, state: Flat())
+    assert localisation_auroc(method, None, data, made) == 0.5
+
+
+def test_a_trained_sdc_model_gets_a_score_in_the_unit_interval() -> None:
+    method = _method("sdc_restore", **{"sdc_ae.network.width": 0.125})
+    model = method.build()
+    data = _data()
+    score = localisation_auroc(method, model, data, synthetic_set(method, data.val, 0))
+    assert 0.0 <= score <= 1.0
+
+
+def test_a_corruption_that_changes_nothing_cannot_be_monitored() -> None:
+    method = _method("aesc_none")
+    with pytest.raises(ConfigError, match=r"aesc\.train\.monitor: 'synthetic'"):
+        SyntheticValidation(method, _data(), seed=0)
+
+
+def test_the_bank_of_a_memory_family_uses_a_few_training_images(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    method = _method("patch_ae")
+    seen: list[int] = []
+    monkeypatch.setattr(
+        method, "after_training", lambda model, data, out: seen.append(len(data.train))
+    )
+    monkeypatch.setattr(
+        method,
+        "load_detector",
+        lambda model, state: type(
+            "D",
+            (),
+            {
+                "map_names": ("knn",),
+                "score": lambda self, x: Scores({"knn": np.zeros(x.shape[:3], np.float32)}, {}),
+            },
+        )(),
+    )
+    data = _data(count=40)
+    made = SyntheticSet(data.val[:2], np.ones((2, 32, 32), bool) & (np.arange(32) < 8))
+    localisation_auroc(method, None, data, made)
+    assert seen == [32]
