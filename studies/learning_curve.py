@@ -39,6 +39,7 @@ from reconad.data.layout import CategoryData, load_split  # noqa: E402
 from reconad.metrics import aupro, image_auroc, pixel_auroc  # noqa: E402
 from reconad.models.base import AdaptedDetector, TrainedMethod, precise_batch_norm  # noqa: E402
 from reconad.score import score_images  # noqa: E402
+from reconad.synthetic import localisation_auroc, synthetic_set  # noqa: E402
 from reconad.train import as_seen_by, compiled_model, fit_phases, make_method  # noqa: E402
 
 
@@ -52,6 +53,9 @@ class Point:
     image_auroc: float
     pixel_auroc: float
     aupro: float
+    synthetic_auroc: float
+    """The label-free validation score (``reconad.synthetic``) at the same moment: whether
+    it follows the test figures decides whether it can choose without them."""
 
 
 class CurveRecorder(keras.callbacks.Callback):
@@ -69,6 +73,7 @@ class CurveRecorder(keras.callbacks.Callback):
         self.seconds = 0.0
         self.started = 0.0
         self.points: list[Point] = []
+        self.synthetic = synthetic_set(method, seen.val, 0)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.started = time.perf_counter()
@@ -102,6 +107,7 @@ class CurveRecorder(keras.callbacks.Callback):
             round(image_auroc(scores.image_scores[name], self.test.test_labels), 4),
             round(pixel_auroc(maps, self.test.test_masks), 4),
             round(aupro(maps, self.test.test_masks), 4),
+            round(localisation_auroc(self.method, self.model, self.seen, self.synthetic), 4),
         )
         print(asdict(point), flush=True)
         return point
@@ -155,6 +161,13 @@ def plot(points: list[Point], path: Path, budget_minutes: float) -> None:
     axis.plot(minutes, [p.image_auroc for p in points], marker="o", label="image AUROC")
     axis.plot(minutes, [p.pixel_auroc for p in points], marker="s", label="pixel AUROC")
     axis.plot(minutes, [p.aupro for p in points], marker="^", label="AUPRO", alpha=0.6)
+    axis.plot(
+        minutes,
+        [p.synthetic_auroc for p in points],
+        linestyle=":",
+        color="black",
+        label="label-free validation",
+    )
     axis.axvline(budget_minutes, color="grey", linestyle="--", label="cpu budget")
     axis.set(
         xlabel="training minutes (2 CPU cores)",
