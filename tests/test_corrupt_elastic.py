@@ -163,6 +163,15 @@ def test_gaussian_blur_matches_scipy_reflect() -> None:
     np.testing.assert_allclose(blurred, expected, atol=1e-5)
 
 
+def test_long_kernels_at_the_paper_size_blur_like_scipy() -> None:
+    """sigma 32 on a 512 px plane: a 257-tap kernel, for which TensorFlow's CPU Conv2D
+    (oneDNN) requested 8 GiB and aborted the process."""
+    images = _textures(2, 512, 512, 1)
+    blurred = gaussian_blur(tf.constant(images), 32.0).numpy()
+    expected = ndimage.gaussian_filter(images, sigma=(0, 32.0, 32.0, 0), mode="reflect")
+    np.testing.assert_allclose(blurred, expected, atol=1e-5)
+
+
 def test_gaussian_kernel_is_normalised_and_rejects_bad_sigma() -> None:
     kernel = gaussian_kernel(2.0).numpy()
     assert kernel.shape == (2 * 8 + 1,)
