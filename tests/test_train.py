@@ -10,9 +10,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 
 from pipeline_fixtures import REPO_PARAMS, TINY_CATEGORY, TINY_VARIANT, tiny_params
-from reconad.config import Params, load_params, params_from_dict
+from reconad.config import Params, apply_overrides, load_params, params_from_dict
 from reconad.data.layout import CategoryData
 from reconad.errors import ConfigError
 from reconad.models import method_class
@@ -22,6 +23,7 @@ from reconad.tracking import EpochMetricsLogger
 from reconad.train import (
     cluster_workers,
     compiled_model,
+    describe_input,
     distribution_strategy,
     dtype_policy,
     learning_rate,
@@ -284,3 +286,23 @@ def test_precise_batch_norm_sets_the_mean_of_every_batch_statistic() -> None:
     np.testing.assert_allclose(norm.moving_mean.numpy(), means, rtol=1e-5)
     np.testing.assert_allclose(norm.moving_variance.numpy(), variances, rtol=1e-4)
     assert norm.momentum == 0.9
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        ("aesc_stain", "aesc at 256 px, grey"),
+        ("sdc_restore", "sdc_ae at 512 px, rgb"),
+        ("patch_ae", "patch_ae at 512 px, rgb, resnet101/imagenet"),
+        ("patchcore", "patchcore at 512 px, rgb, resnet101/imagenet"),
+    ],
+)
+def test_the_log_names_what_each_family_sees_under_the_paper_profile(
+    variant: str, expected: str
+) -> None:
+    raw = apply_overrides(
+        yaml.safe_load(REPO_PARAMS.read_text()), {"profile": "paper"}, "test", None
+    )
+    params = params_from_dict(raw, variant)
+    method = make_method(params, variant, prepared_channels=3)
+    assert describe_input(params, method) == expected

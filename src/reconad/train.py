@@ -73,6 +73,7 @@ def train(
     prepared = load_split(paths.prepared_category(category, prepared_dir))
     method = make_method(params, variant, prepared.train.shape[-1])
     data = as_seen_by(method, prepared)
+    log.info("%s/%s: %s", variant, category, describe_input(params, method))
     check_writable(out_dir)
     tags = {"variant": variant, "category": category, "method": method.family}
     with tracking.training_run(params, f"{variant}/{category}", tags) as run_id:
@@ -88,6 +89,17 @@ def train(
         tracking.log_artifacts(out_dir / paths.MODEL_SUBDIR, "model")
     shutil.rmtree(checkpoints, ignore_errors=True)  # only once the model is safely saved
     return TrainResult(out_dir, epochs_run, losses, run_id)
+
+
+def describe_input(params: Params, method: Method) -> str:
+    """What the family sees, e.g. ``aesc at 256 px, grey`` or ``patch_ae at 512 px, rgb,
+    resnet101/imagenet``: the profile's per-family choices, visible in every run's log."""
+    colour = "grey" if method.channels == 1 else "rgb"
+    text = f"{method.family} at {method.image_size} px, {colour}"
+    network = getattr(params.family(method.family), "network", None)
+    if getattr(network, "backbone", None):
+        text += f", {network.backbone}/{network.weights}"
+    return text
 
 
 def as_seen_by(method: Method, data: CategoryData) -> CategoryData:
