@@ -440,7 +440,7 @@ def test_a_null_takes_the_active_profiles_value() -> None:
     sdc = params.family("sdc_ae")
     assert sdc.network.width == 0.25
     assert sdc.network.dilations == [1, 2, 4, 8]
-    assert [(phase.crop, phase.epochs) for phase in sdc.train.phases] == [(64, 12), (128, 8)]
+    assert [(phase.crop, phase.epochs) for phase in sdc.train.phases] == [(64, 10), (128, 4)]
     assert params.family("aesc").train.phases[0].crop == 0
     assert params.family("patch_ae").bank.coreset_fraction == pytest.approx(0.1)
     assert params.raw()["sdc_ae"]["network"]["width"] == 0.25
@@ -450,7 +450,7 @@ def test_a_null_takes_the_active_profiles_value() -> None:
     ("profile", "size", "width", "crops"),
     [
         ("quick", 128, 0.25, [64, 128]),
-        ("cpu", 256, 0.5, [64, 128, 256]),
+        ("cpu", 256, 0.25, [64, 128, 256]),
         ("paper", 512, 1.0, [128, 256, 512]),
     ],
 )

@@ -266,8 +266,8 @@ SCORING = ("calibrate", "evaluate")
 PARAM_CHANGES: list[tuple[str, Any, set[str]]] = [
     (
         "sdc_ae.score.sigma_px",
-        3.0,
-        stages_of(SCORING, ("sdc_ae",)) | stages_of(EVERY_KIND, ("ensemble",)),
+        3.0,  # training too: its synthetic monitor scores maps with the family's settings
+        stages_of(EVERY_KIND, ("sdc_ae", "ensemble")),
     ),
     ("aesc.corruption.model", "drops", stages_of(("train",), ("aesc",))),
     ("patch_ae.corruption.jitter", 0.2, stages_of(("train",), ("patch_ae",))),
