@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
+
+from reconad.data.layout import CategoryData
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_PARAMS = REPO_ROOT / "params.yaml"
@@ -142,3 +145,25 @@ def in_project(workdir: Path, tracking_uri: str) -> Iterator[None]:
             yield
         finally:
             mlflow.set_tracking_uri(None)
+
+
+def normals_only(
+    train: np.ndarray, val: np.ndarray | None = None, category: str = "grid"
+) -> CategoryData:
+    """A prepared category of normal images only (training, and validation if given) with
+    an empty test split: what training and the families' ``after_training`` read."""
+    empty = np.zeros((0, *train.shape[1:]), np.float32)
+    return CategoryData(
+        category=category,
+        color="grey" if train.shape[-1] == 1 else "rgb",
+        image_size=train.shape[1],
+        train=train,
+        val=empty if val is None else val,
+        test=empty,
+        test_labels=np.zeros((0,), np.int64),
+        test_masks=np.zeros((0, *train.shape[1:3]), bool),
+        test_names=[],
+        test_defects=[],
+        train_names=[],
+        val_names=[],
+    )

@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline_fixtures import normals_only
 from reconad.config import Params, apply_overrides, params_from_dict
 from reconad.data import orientation
 from reconad.data.layout import CategoryData
@@ -90,21 +91,7 @@ def _images(count: int, size: int, seed: int) -> np.ndarray:
 
 def _category(train: np.ndarray) -> CategoryData:
     """A prepared category holding only normal training images."""
-    empty = np.zeros((0, *train.shape[1:]), np.float32)
-    return CategoryData(
-        category="grid",
-        color="rgb",
-        image_size=train.shape[1],
-        train=train,
-        val=empty,
-        test=empty,
-        test_labels=np.zeros((0,), np.int64),
-        test_masks=np.zeros((0, *train.shape[1:3]), bool),
-        test_names=[],
-        test_defects=[],
-        train_names=[],
-        val_names=[],
-    )
+    return normals_only(train)
 
 
 def _train_every_phase(

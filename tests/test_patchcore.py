@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
+from pipeline_fixtures import normals_only
 from reconad.config import Params, apply_overrides, params_from_dict
 from reconad.data.layout import CategoryData
 from reconad.errors import ConfigError
@@ -39,21 +40,7 @@ def _method(channels: int = 1, **overrides: object) -> PatchCore:
 
 
 def _data(train: np.ndarray) -> CategoryData:
-    empty = np.zeros((0, *train.shape[1:]), np.float32)
-    return CategoryData(
-        category="grid",
-        color="grey" if train.shape[-1] == 1 else "rgb",
-        image_size=train.shape[1],
-        train=train,
-        val=empty,
-        test=empty,
-        test_labels=np.zeros((0,), np.int64),
-        test_masks=np.zeros((0, *train.shape[1:3]), bool),
-        test_names=[],
-        test_defects=[],
-        train_names=[],
-        val_names=[],
-    )
+    return normals_only(train)
 
 
 def _images(count: int, size: int = 32, channels: int = 1, seed: int = 0) -> np.ndarray:

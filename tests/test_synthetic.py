@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline_fixtures import normals_only
 from reconad.config import apply_overrides, params_from_dict
 from reconad.data.layout import CategoryData
 from reconad.errors import ConfigError
@@ -40,21 +41,7 @@ def _method(variant: str, **overrides: object):
 
 def _data(count: int = 8) -> CategoryData:
     images = np.random.default_rng(0).random((count, 32, 32, 1), dtype=np.float32)
-    empty = np.zeros((0, 32, 32, 1), np.float32)
-    return CategoryData(
-        category="gravel",
-        color="grey",
-        image_size=32,
-        train=images,
-        val=images,
-        test=empty,
-        test_labels=np.zeros((0,), np.int64),
-        test_masks=np.zeros((0, 32, 32), bool),
-        test_names=[],
-        test_defects=[],
-        train_names=[],
-        val_names=[],
-    )
+    return normals_only(images, val=images, category="gravel")
 
 
 @pytest.mark.parametrize("variant", ["sdc_restore", "aesc_stain", "patch_ae"])

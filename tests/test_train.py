@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from pipeline_fixtures import REPO_PARAMS, TINY_CATEGORY, TINY_VARIANT, tiny_params
+from pipeline_fixtures import REPO_PARAMS, TINY_CATEGORY, TINY_VARIANT, normals_only, tiny_params
 from reconad.config import Params, apply_overrides, load_params, params_from_dict
 from reconad.data.layout import CategoryData
 from reconad.errors import ConfigError
@@ -55,23 +55,8 @@ def _callbacks(tmp_path: Path, patience: int, monitor: str) -> list[keras.callba
 
 def load_split_of_tiny(tmp_path: Path) -> CategoryData:
     """A small grey category: 6 training and 4 validation images of 32 px."""
-    rng = np.random.default_rng(0)
-    images = rng.random((10, 32, 32, 1), dtype=np.float32)
-    empty = np.zeros((0, 32, 32, 1), np.float32)
-    return CategoryData(
-        category="gravel",
-        color="grey",
-        image_size=32,
-        train=images[:6],
-        val=images[6:],
-        test=empty,
-        test_labels=np.zeros((0,), np.int64),
-        test_masks=np.zeros((0, 32, 32), bool),
-        test_names=[],
-        test_defects=[],
-        train_names=[],
-        val_names=[],
-    )
+    images = np.random.default_rng(0).random((10, 32, 32, 1), dtype=np.float32)
+    return normals_only(images[:6], val=images[6:], category="gravel")
 
 
 def _early_stopping(callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
