@@ -39,7 +39,7 @@ from reconad.data.layout import CategoryData, load_split  # noqa: E402
 from reconad.metrics import aupro, image_auroc, pixel_auroc  # noqa: E402
 from reconad.models.base import AdaptedDetector, TrainedMethod, precise_batch_norm  # noqa: E402
 from reconad.score import score_images  # noqa: E402
-from reconad.synthetic import localisation_auroc, synthetic_set  # noqa: E402
+from reconad.synthetic import synthetic_score, synthetic_set  # noqa: E402
 from reconad.train import as_seen_by, compiled_model, fit_phases, make_method  # noqa: E402
 
 
@@ -53,16 +53,23 @@ class Point:
     image_auroc: float
     pixel_auroc: float
     aupro: float
-    synthetic_auroc: float
-    """The label-free validation score (``reconad.synthetic``) at the same moment: whether
-    it follows the test figures decides whether it can choose without them."""
+    synthetic: dict[str, float]
+    """The label-free validation score (``reconad.synthetic``) at the same moment, per kind
+    of pasted defects (``<kind>``: the mean early stopping watches; ``<kind>_pixel``,
+    ``<kind>_image``: its halves): whether it follows the test figures decides whether it
+    can choose without them."""
 
 
 class CurveRecorder(keras.callbacks.Callback):
     """Scores the test split every ``every`` epochs, with the training clock stopped."""
 
     def __init__(
-        self, method: TrainedMethod, seen: CategoryData, test: CategoryData, every: int
+        self,
+        method: TrainedMethod,
+        seen: CategoryData,
+        test: CategoryData,
+        every: int,
+        defects: list[str],
     ) -> None:
         super().__init__()
         self.method = method
@@ -73,7 +80,7 @@ class CurveRecorder(keras.callbacks.Callback):
         self.seconds = 0.0
         self.started = 0.0
         self.points: list[Point] = []
-        self.synthetic = synthetic_set(method, seen.val, 0)
+        self.synthetic = {kind: synthetic_set(method, seen.val, 0, kind) for kind in defects}
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.started = time.perf_counter()
@@ -107,10 +114,19 @@ class CurveRecorder(keras.callbacks.Callback):
             round(image_auroc(scores.image_scores[name], self.test.test_labels), 4),
             round(pixel_auroc(maps, self.test.test_masks), 4),
             round(aupro(maps, self.test.test_masks), 4),
-            round(localisation_auroc(self.method, self.model, self.seen, self.synthetic), 4),
+            self.synthetic_scores(),
         )
         print(asdict(point), flush=True)
         return point
+
+    def synthetic_scores(self) -> dict[str, float]:
+        row: dict[str, float] = {}
+        for kind, made in self.synthetic.items():
+            score = synthetic_score(self.method, self.model, self.seen, made)
+            row[kind] = round(score.mean, 4)
+            row[f"{kind}_pixel"] = round(score.pixel_auroc, 4)
+            row[f"{kind}_image"] = round(score.image_auroc, 4)
+        return row
 
 
 def extended(params_file: Path, variant: str, factor: float) -> Params:
@@ -124,7 +140,12 @@ def extended(params_file: Path, variant: str, factor: float) -> Params:
 
 
 def learning_curve(
-    params_file: Path, variant: str, category: str, every: int, factor: float
+    params_file: Path,
+    variant: str,
+    category: str,
+    every: int,
+    factor: float,
+    defects: list[str],
 ) -> list[Point]:
     params = extended(params_file, variant, factor)
     seed_everything(params.seed)
@@ -134,7 +155,7 @@ def learning_curve(
         raise SystemExit(f"{variant}: a {method.family} variant is not trained")
     seen = as_seen_by(method, prepared)
     model = compiled_model(params, method)
-    recorder = CurveRecorder(method, seen, prepared, every)
+    recorder = CurveRecorder(method, seen, prepared, every, defects)
     with tempfile.TemporaryDirectory() as checkpoints:
         fit_phases(model, method, seen, params, Path(checkpoints), [recorder])
     if not recorder.points or recorder.points[-1].epoch != recorder.epoch:
@@ -142,12 +163,21 @@ def learning_curve(
     return recorder.points
 
 
+def flat(point: Point) -> dict[str, Any]:
+    """One CSV row: a ``synthetic_<kind>`` column per kind of pasted defects."""
+    row = asdict(point)
+    for kind, value in row.pop("synthetic").items():
+        row[f"synthetic_{kind}"] = value
+    return row
+
+
 def write_csv(points: list[Point], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [flat(point) for point in points]
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(asdict(points[0])))
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(asdict(point) for point in points)
+        writer.writerows(rows)
 
 
 def plot(points: list[Point], path: Path, budget_minutes: float) -> None:
@@ -161,13 +191,13 @@ def plot(points: list[Point], path: Path, budget_minutes: float) -> None:
     axis.plot(minutes, [p.image_auroc for p in points], marker="o", label="image AUROC")
     axis.plot(minutes, [p.pixel_auroc for p in points], marker="s", label="pixel AUROC")
     axis.plot(minutes, [p.aupro for p in points], marker="^", label="AUPRO", alpha=0.6)
-    axis.plot(
-        minutes,
-        [p.synthetic_auroc for p in points],
-        linestyle=":",
-        color="black",
-        label="label-free validation",
-    )
+    for kind in (name for name in points[0].synthetic if "_" not in name):
+        axis.plot(
+            minutes,
+            [p.synthetic[kind] for p in points],
+            linestyle=":",
+            label=f"label-free: {kind} defects",
+        )
     axis.axvline(budget_minutes, color="grey", linestyle="--", label="cpu budget")
     axis.set(
         xlabel="training minutes (2 CPU cores)",
@@ -191,9 +221,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=2, help="epochs between measurements")
     parser.add_argument("--extend", type=float, default=1.0, help="last phase x this")
     parser.add_argument("--budget-minutes", type=float, default=30.0)
+    parser.add_argument(
+        "--defects",
+        nargs="+",
+        default=["training"],
+        help="kinds of synthetic defects scored (training: the family's own corruption)",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/quality/learning_curves"))
     args = parser.parse_args(argv)
-    points = learning_curve(args.params, args.variant, args.category, args.every, args.extend)
+    points = learning_curve(
+        args.params, args.variant, args.category, args.every, args.extend, args.defects
+    )
     stem = args.out / f"{args.variant}_{args.category}"
     write_csv(points, stem.with_suffix(".csv"))
     plot(points, stem.with_suffix(".png"), args.budget_minutes)

@@ -272,7 +272,8 @@ FAMILY_ERRORS: list[tuple[str, Mutation, str, str]] = [
         "sdc_ae",
         lambda raw: raw["sdc_ae"]["train"].update(batchsize=4),
         "sdc_ae.train.batchsize: unknown key (allowed: augment, batch_size, learning_rate, "
-        "lr_schedule, monitor, patience, phases, precise_bn, steps_per_epoch)",
+        "lr_schedule, monitor, patience, phases, precise_bn, steps_per_epoch, "
+        "synthetic_defects)",
         "sdc_ae.train.batchsize",
     ),
     (

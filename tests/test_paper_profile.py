@@ -38,6 +38,7 @@ from reconad.data import orientation
 from reconad.data.layout import CategoryData
 from reconad.data.pipeline import training_dataset
 from reconad.models.base import AdaptedDetector, TrainedMethod, precise_batch_norm
+from reconad.synthetic import METRIC, SyntheticValidation
 from reconad.train import as_seen_by, compiled_model, dtype_policy, make_method
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -89,9 +90,9 @@ def _images(count: int, size: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((count, size, size, PREPARED_CHANNELS), np.float32)
 
 
-def _category(train: np.ndarray) -> CategoryData:
-    """A prepared category holding only normal training images."""
-    return normals_only(train)
+def _category(train: np.ndarray, val: np.ndarray) -> CategoryData:
+    """A prepared category holding only normal training and validation images."""
+    return normals_only(train, val=val)
 
 
 def _train_every_phase(
@@ -112,18 +113,36 @@ def _train_every_phase(
             assert np.isfinite(loss), f"phase {index} (crop {crop}), step {step}: loss {loss}"
 
 
+def _check_the_early_stopping_monitor(
+    model: keras.Model, method: TrainedMethod, data: CategoryData, seed: int
+) -> None:
+    """The paper profile ends each phase on a plateau of the synthetic score: one epoch
+    end of that callback, at the paper's sizes, as ``fit_phases`` would run it."""
+    fit = method.fit_config()
+    if not (fit.patience and fit.monitor == "synthetic"):
+        return
+    monitor = SyntheticValidation(method, data, seed)
+    monitor.set_model(model)
+    logs: dict[str, float] = {}
+    monitor.on_epoch_end(0, logs)
+    assert 0.0 <= logs[METRIC] <= 1.0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", _variants())
 def test_builds_trains_and_scores_at_the_paper_sizes(variant: str, tmp_path: Path) -> None:
     params = _paper_params(variant)
     size = params.dataset.image_size
     method = make_method(params, variant, PREPARED_CHANNELS)
-    data = as_seen_by(method, _category(_images(TRAIN_IMAGES, size, seed=0)))
+    data = as_seen_by(
+        method, _category(_images(TRAIN_IMAGES, size, seed=0), _images(2, size, seed=2))
+    )
     with dtype_policy(params.train.mixed_precision):
         trained = isinstance(method, TrainedMethod)
         model = compiled_model(params, method) if trained else method.build()
     if trained:
         _train_every_phase(model, method, data, params)
+        _check_the_early_stopping_monitor(model, method, data, params.seed)
         if method.fit_config().precise_bn:
             precise_batch_norm(model, data.train, method.fit_config().batch_size)
     method.after_training(model, data, tmp_path)

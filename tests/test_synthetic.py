@@ -17,7 +17,7 @@ from reconad.models.base import Scores
 from reconad.synthetic import (
     SyntheticSet,
     SyntheticValidation,
-    localisation_auroc,
+    synthetic_score,
     synthetic_set,
 )
 from reconad.train import make_method
@@ -60,35 +60,86 @@ def test_each_family_pastes_its_own_corruption_with_exact_masks(variant: str) ->
     np.testing.assert_array_equal(made.images, again.images)
 
 
-def test_a_map_equal_to_the_mask_scores_one_and_a_flat_map_one_half(
+@pytest.mark.parametrize("kind", ["stain", "scratch", "drops", "mix1"])
+def test_held_out_defects_are_not_the_family_s_own_corruption(kind: str) -> None:
+    method = _method("sdc_contrast", **{"sdc_ae.train.synthetic_defects": kind})
+    clean = _data().val
+    held_out = synthetic_set(method, clean, seed=3)
+    own = synthetic_set(method, clean, seed=3, defects="training")
+    assert held_out.masks.any()
+    assert not np.array_equal(held_out.masks, own.masks)
+    changed = np.abs(held_out.images - clean).max(axis=-1) > 1e-6
+    assert (changed & ~held_out.masks).sum() < 0.02 * changed.sum()
+
+
+def test_an_unknown_kind_of_synthetic_defects_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"sdc_ae\.train\.synthetic_defects"):
+        _method("sdc_restore", **{"sdc_ae.train.synthetic_defects": "cutpaste"})
+
+
+def _fixed_detector(maps_of):
+    """A detector whose maps are ``maps_of(images)`` and whose image score is their max."""
+
+    class Fixed:
+        map_names = ("residual",)
+
+        def score(self, images: np.ndarray) -> Scores:
+            maps = maps_of(images)
+            return Scores({"residual": maps}, {"residual": maps.max(axis=(1, 2))})
+
+    return Fixed()
+
+
+def test_maps_equal_to_the_masks_score_one_and_flat_maps_one_half(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     method = _method("sdc_restore", **{"sdc_ae.train.precise_bn": False})
     data = _data()
     made = synthetic_set(method, data.val, seed=1)
 
-    class Perfect:
-        map_names = ("residual",)
+    def perfect(images: np.ndarray) -> np.ndarray:
+        corrupted = images is made.images
+        return made.masks.astype(np.float32) if corrupted else np.zeros(made.masks.shape)
 
-        def score(self, images: np.ndarray) -> Scores:
-            return Scores({"residual": made.masks.astype(np.float32)}, {})
+    monkeypatch.setattr(method, "load_detector", lambda model, state: _fixed_detector(perfect))
+    score = synthetic_score(method, None, data, made)
+    assert (score.pixel_auroc, score.image_auroc, score.mean) == (1.0, 1.0, 1.0)
+    flat = _fixed_detector(lambda images: np.zeros(images.shape[:3], np.float32))
+    monkeypatch.setattr(method, "load_detector", lambda model, state: flat)
+    score = synthetic_score(method, None, data, made)
+    assert (score.pixel_auroc, score.image_auroc) == (0.5, 0.5)
 
-    class Flat(Perfect):
-        def score(self, images: np.ndarray) -> Scores:
-            return Scores({"residual": np.zeros(made.masks.shape, np.float32)}, {})
 
-    monkeypatch.setattr(method, "load_detector", lambda model, state: Perfect())
-    assert localisation_auroc(method, None, data, made) == 1.0
-    monkeypatch.setattr(method, "load_detector", lambda model, state: Flat())
-    assert localisation_auroc(method, None, data, made) == 0.5
+def test_a_map_that_localises_but_flags_clean_images_loses_the_image_half(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hot inside the pasted defects, and as hot somewhere on every clean image: the
+    pixel half cannot see it, the image half does (contrast at lambda 0.9 on brick)."""
+    method = _method("sdc_restore", **{"sdc_ae.train.precise_bn": False})
+    data = _data()
+    made = synthetic_set(method, data.val, seed=1)
+
+    def localises_but_flags_clean(images: np.ndarray) -> np.ndarray:
+        if images is made.images:
+            return made.masks.astype(np.float32)
+        maps = np.zeros(images.shape[:3], np.float32)
+        maps[:, 0, 0] = 1.0
+        return maps
+
+    detector = _fixed_detector(localises_but_flags_clean)
+    monkeypatch.setattr(method, "load_detector", lambda model, state: detector)
+    score = synthetic_score(method, None, data, made)
+    assert score.pixel_auroc == 1.0
+    assert score.image_auroc == 0.5
+    assert score.mean == 0.75
 
 
 def test_a_trained_sdc_model_gets_a_score_in_the_unit_interval() -> None:
     method = _method("sdc_restore", **{"sdc_ae.network.width": 0.125})
     model = method.build()
     data = _data()
-    score = localisation_auroc(method, model, data, synthetic_set(method, data.val, 0))
-    assert 0.0 <= score <= 1.0
+    score = synthetic_score(method, model, data, synthetic_set(method, data.val, 0))
+    assert 0.0 <= score.pixel_auroc <= 1.0 and 0.0 <= score.image_auroc <= 1.0
 
 
 def test_a_corruption_that_changes_nothing_cannot_be_monitored() -> None:
@@ -113,11 +164,14 @@ def test_the_bank_of_a_memory_family_uses_a_few_training_images(
             (),
             {
                 "map_names": ("knn",),
-                "score": lambda self, x: Scores({"knn": np.zeros(x.shape[:3], np.float32)}, {}),
+                "score": lambda self, x: Scores(
+                    {"knn": np.zeros(x.shape[:3], np.float32)},
+                    {"knn": np.zeros(len(x), np.float32)},
+                ),
             },
         )(),
     )
     data = _data(count=40)
     made = SyntheticSet(data.val[:2], np.ones((2, 32, 32), bool) & (np.arange(32) < 8))
-    localisation_auroc(method, None, data, made)
+    synthetic_score(method, None, data, made)
     assert seen == [32]

@@ -178,7 +178,12 @@ class FitConfig(Section):
     weights of the best epoch are kept."""
     monitor: Literal["val_loss", "synthetic"]
     """What early stopping watches: the loss on corrupted validation normals, or how well
-    the maps localise the training corruption pasted into them (``reconad.synthetic``)."""
+    the maps localise synthetic defects pasted into them (``reconad.synthetic``)."""
+    synthetic_defects: Literal["training", "stain", "scratch", "drops", "mix1"]
+    """The defects ``synthetic`` pastes: the family's own training corruption, or one of
+    AESc's corruption models, which an SDC-AE or Patch AE never trains on. A held-out kind
+    keeps the score from rewarding a model for amplifying its own corruption (the
+    ``contrast`` objective does exactly that: docs/methods.md)."""
     augment: bool
     """Random rot90/flips, as ``dataset.augment`` allows for the category."""
     precise_bn: bool
