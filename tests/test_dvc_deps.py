@@ -231,6 +231,7 @@ def stage_views(stages: dict[str, StageView], name: str) -> Iterator[StageView]:
 def test_every_stage_lists_every_params_key_it_reads(
     stages: dict[str, StageView], reads_by_stage: dict[str, set[str]]
 ) -> None:
+    raw = repo_params()
     unlisted = []
     for name, reads in sorted(reads_by_stage.items()):
         views = list(stage_views(stages, name))
@@ -242,4 +243,34 @@ def test_every_stage_lists_every_params_key_it_reads(
                 for read in sorted(reads)
                 if read.split(".")[0] not in UNTRACKED_SECTIONS and not listed(read, keys)
             ]
+            unlisted += [
+                f"{name}: reads {read}, which the profile sets, and "
+                "profiles.${profile} is not in its params"
+                for read in sorted(reads)
+                if filled_by_profile(read, raw) and not any(k.startswith("profiles.") for k in keys)
+            ]
     assert not unlisted, "\n".join(sorted(set(unlisted)))
+
+
+_MISSING = object()
+
+
+def filled_by_profile(read: str, raw: dict[str, Any]) -> bool:
+    """In the repository's params.yaml, ``read`` (or a section holding it) is null and a
+    profile sets it: ``-S profile=...`` changes the value without changing the key."""
+    profile_keys = {key for profile in raw["profiles"].values() for key in profile}
+    parts = read.split(".")
+    for end in range(1, len(parts) + 1):
+        key = ".".join(parts[:end])
+        if key in profile_keys and value_at(raw, parts[:end]) is None:
+            return True
+    return False
+
+
+def value_at(raw: dict[str, Any], parts: list[str]) -> Any:
+    node: Any = raw
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
