@@ -116,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--category", required=True)
     stage("report", run_report, "gather metrics, plots and the HTML/Markdown report")
     stage("metrics", run_metrics, "print reports/metrics.json as a table")
+    describe = stage(
+        "describe", run_describe, "what each variant in `run` sees and how long it trains"
+    )
+    describe.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params key, as dvc exp run -S does (e.g. -S profile=paper)",
+    )
     predict = stage("predict", run_predict, "score new images with a trained model")
     predict.add_argument("--model", type=Path, required=True, help="models/<variant>/<category>")
     predict.add_argument("--input", type=Path, required=True, help="an image or a folder")
@@ -213,6 +224,17 @@ def run_metrics(args: argparse.Namespace) -> None:
     from reconad.report import METRICS_JSON, format_metrics
 
     print(format_metrics(paths.REPORTS_DIR / METRICS_JSON))
+
+
+def run_describe(args: argparse.Namespace) -> None:
+    from reconad.config import params_from_dict, raw_params
+    from reconad.train import describe_variant
+
+    raw = raw_params(args.params, args.set)
+    params = params_from_dict(raw, None, args.params)
+    for names in params.run.values():
+        for variant in names:
+            print(describe_variant(params_from_dict(raw, variant, args.params), variant))
 
 
 def run_predict(args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -360,6 +361,19 @@ def load_params(path: Path | str = DEFAULT_PARAMS, variant: str | None = None) -
     """
     path = Path(path)
     return params_from_dict(_read_yaml(path), variant, path)
+
+
+def raw_params(path: Path | str, settings: Sequence[str] = ()) -> dict[str, Any]:
+    """The content of ``path`` with ``KEY=VALUE`` settings applied as ``dvc exp run -S``
+    applies them (values are YAML), for commands that preview a run without DVC."""
+    path = Path(path)
+    overrides: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"-S {setting}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return apply_overrides(_read_yaml(path), overrides, "-S", path)
 
 
 def params_from_dict(

@@ -102,6 +102,29 @@ def describe_input(params: Params, method: Method) -> str:
     return text
 
 
+def describe_variant(params: Params, variant: str) -> str:
+    """One line on what ``variant`` sees and how long it may train, as the params and the
+    active profile resolve it: what a GPU user checks before a long run."""
+    method = make_method(params, variant, prepared_channels=3)
+    colour = params.family(method.family).input.color
+    colour = "colour as prepared" if colour == "auto" else colour
+    text = f"{variant}: {method.family} at {method.image_size} px, {colour}"
+    network = getattr(params.family(method.family), "network", None)
+    if getattr(network, "backbone", None):
+        text += f", {network.backbone}/{network.weights}"
+    if not isinstance(method, TrainedMethod):
+        return text + "; not trained"
+    fit = method.fit_config()
+    crops = ", ".join(str(phase.crop or method.image_size) for phase in fit.phases)
+    text += f"; at most {fit.total_steps()} steps (crops {crops} px)"
+    if fit.patience:
+        watched = fit.monitor
+        if fit.monitor == "synthetic":
+            watched += f" ({fit.synthetic_defects} defects)"
+        text += f", early stopping after {fit.patience} epochs without a better {watched}"
+    return text
+
+
 def as_seen_by(method: Method, data: CategoryData) -> CategoryData:
     """``data`` with its train and validation images converted to the family's input."""
     if (method.image_size, method.channels) == (data.image_size, data.train.shape[-1]):
