@@ -43,7 +43,7 @@ MASK_LEVEL = 0.25
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSet:
-    """Validation normals with the training corruption pasted in, and its masks."""
+    """Validation normals with synthetic defects pasted in, and their masks."""
 
     images: np.ndarray
     """float32 ``(N, H, W, C)``."""
