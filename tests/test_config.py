@@ -395,8 +395,9 @@ def test_variant_overrides_apply(tmp_path: Path) -> None:
 
 def test_repository_variants_set_their_own_keys() -> None:
     contrast = load_params(REPO_PARAMS, variant="sdc_contrast").family("sdc_ae")
-    assert (contrast.loss.objective, contrast.loss.lambda_) == ("contrast", pytest.approx(0.98))
+    assert (contrast.loss.objective, contrast.loss.lambda_) == ("contrast", pytest.approx(0.99))
     assert contrast.train.patience == 6
+    assert (contrast.train.monitor, contrast.train.synthetic_defects) == ("synthetic", "mix1")
     assert load_params(REPO_PARAMS, variant="sdc_model2").family("sdc_ae").network.architecture == (
         "model2"
     )
@@ -407,7 +408,7 @@ def test_repository_variants_set_their_own_keys() -> None:
 def test_for_variant_applies_a_members_overrides() -> None:
     params = load_params(REPO_PARAMS, variant="sdc_ensemble")
     member = params.for_variant("sdc_contrast").family("sdc_ae")
-    assert member.loss.lambda_ == pytest.approx(0.98)
+    assert member.loss.lambda_ == pytest.approx(0.99)
     assert params.family("sdc_ae").loss.lambda_ == pytest.approx(0.5)
     assert member.network.width == params.family("sdc_ae").network.width == 0.25
 

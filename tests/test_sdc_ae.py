@@ -250,7 +250,7 @@ def test_variants_set_the_objective() -> None:
     assert _method(variant="sdc_restore").loss().__name__ == "restore_loss"
     contrast = _method(variant="sdc_contrast")
     assert contrast.loss().__name__ == "contrast_loss"
-    assert contrast.config.loss.lambda_ == 0.98
+    assert contrast.config.loss.lambda_ == 0.99
     assert contrast.fit_config().patience == 6
 
 
