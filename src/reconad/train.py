@@ -91,10 +91,11 @@ def train(
     return TrainResult(out_dir, epochs_run, losses, run_id)
 
 
-def describe_input(params: Params, method: Method) -> str:
+def describe_input(params: Params, method: Method, colour: str | None = None) -> str:
     """What the family sees, e.g. ``aesc at 256 px, grey`` or ``patch_ae at 512 px, rgb,
-    resnet101/imagenet``: the profile's per-family choices, visible in every run's log."""
-    colour = "grey" if method.channels == 1 else "rgb"
+    resnet101/imagenet``: the profile's per-family choices, visible in every run's log.
+    ``colour`` None: from the channels the method was built for."""
+    colour = colour or ("grey" if method.channels == 1 else "rgb")
     text = f"{method.family} at {method.image_size} px, {colour}"
     network = getattr(params.family(method.family), "network", None)
     if getattr(network, "backbone", None):
@@ -108,10 +109,7 @@ def describe_variant(params: Params, variant: str) -> str:
     method = make_method(params, variant, prepared_channels=3)
     colour = params.family(method.family).input.color
     colour = "colour as prepared" if colour == "auto" else colour
-    text = f"{variant}: {method.family} at {method.image_size} px, {colour}"
-    network = getattr(params.family(method.family), "network", None)
-    if getattr(network, "backbone", None):
-        text += f", {network.backbone}/{network.weights}"
+    text = f"{variant}: {describe_input(params, method, colour)}"
     if not isinstance(method, TrainedMethod):
         return text + "; not trained"
     fit = method.fit_config()
