@@ -39,7 +39,7 @@ from reconad.data.layout import CategoryData, load_split  # noqa: E402
 from reconad.metrics import aupro, image_auroc, pixel_auroc  # noqa: E402
 from reconad.models.base import AdaptedDetector, TrainedMethod, precise_batch_norm  # noqa: E402
 from reconad.score import score_images  # noqa: E402
-from reconad.synthetic import synthetic_score, synthetic_set  # noqa: E402
+from reconad.synthetic import SyntheticScore, synthetic_score, synthetic_set  # noqa: E402
 from reconad.train import as_seen_by, compiled_model, fit_phases, make_method  # noqa: E402
 
 
@@ -53,11 +53,10 @@ class Point:
     image_auroc: float
     pixel_auroc: float
     aupro: float
-    synthetic: dict[str, float]
+    synthetic: dict[str, SyntheticScore]
     """The label-free validation score (``reconad.synthetic``) at the same moment, per kind
-    of pasted defects (``<kind>``: the mean early stopping watches; ``<kind>_pixel``,
-    ``<kind>_image``: its halves): whether it follows the test figures decides whether it
-    can choose without them."""
+    of pasted defects: whether it follows the test figures decides whether it can choose
+    without them."""
 
 
 class CurveRecorder(keras.callbacks.Callback):
@@ -114,19 +113,13 @@ class CurveRecorder(keras.callbacks.Callback):
             round(image_auroc(scores.image_scores[name], self.test.test_labels), 4),
             round(pixel_auroc(maps, self.test.test_masks), 4),
             round(aupro(maps, self.test.test_masks), 4),
-            self.synthetic_scores(),
+            {
+                kind: synthetic_score(self.method, self.model, self.seen, made)
+                for kind, made in self.synthetic.items()
+            },
         )
-        print(asdict(point), flush=True)
+        print(flat(point), flush=True)
         return point
-
-    def synthetic_scores(self) -> dict[str, float]:
-        row: dict[str, float] = {}
-        for kind, made in self.synthetic.items():
-            score = synthetic_score(self.method, self.model, self.seen, made)
-            row[kind] = round(score.mean, 4)
-            row[f"{kind}_pixel"] = round(score.pixel_auroc, 4)
-            row[f"{kind}_image"] = round(score.image_auroc, 4)
-        return row
 
 
 def extended(params_file: Path, variant: str, factor: float) -> Params:
@@ -164,10 +157,14 @@ def learning_curve(
 
 
 def flat(point: Point) -> dict[str, Any]:
-    """One CSV row: a ``synthetic_<kind>`` column per kind of pasted defects."""
+    """One CSV (and log) row: per kind of pasted defects, ``synthetic_<kind>`` (the mean
+    early stopping watches) and its halves ``synthetic_<kind>_pixel``, ``_image``."""
     row = asdict(point)
-    for kind, value in row.pop("synthetic").items():
-        row[f"synthetic_{kind}"] = value
+    del row["synthetic"]
+    for kind, score in point.synthetic.items():
+        row[f"synthetic_{kind}"] = round(score.mean, 4)
+        row[f"synthetic_{kind}_pixel"] = round(score.pixel_auroc, 4)
+        row[f"synthetic_{kind}_image"] = round(score.image_auroc, 4)
     return row
 
 
@@ -191,10 +188,10 @@ def plot(points: list[Point], path: Path, budget_minutes: float) -> None:
     axis.plot(minutes, [p.image_auroc for p in points], marker="o", label="image AUROC")
     axis.plot(minutes, [p.pixel_auroc for p in points], marker="s", label="pixel AUROC")
     axis.plot(minutes, [p.aupro for p in points], marker="^", label="AUPRO", alpha=0.6)
-    for kind in (name for name in points[0].synthetic if "_" not in name):
+    for kind in points[0].synthetic:
         axis.plot(
             minutes,
-            [p.synthetic[kind] for p in points],
+            [p.synthetic[kind].mean for p in points],
             linestyle=":",
             label=f"label-free: {kind} defects",
         )
