@@ -1,0 +1,121 @@
+"""A user's own images through ``dvc exp run``, exactly as issue #16 checks them.
+
+A grey MVTec-layout folder whose sources are not square and differ in size goes through
+the real DAG with only ``-S`` settings (``dataset.name=folder``, ``dataset.root``,
+``dataset.categories``, ``profile=cpu``), every stage a real ``reconad`` subprocess. The
+params are shrunk so that the run takes a few minutes: a value set in ``params.yaml``
+wins over the profile, so ``profile=cpu`` chooses nothing here but its name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from benchmarks.dvc_stub import dvc, new_project
+
+from pipeline_fixtures import REPO_DVC_YAML, REPO_ROOT, tiny_every_family_params, venv_executable
+
+pytestmark = pytest.mark.slow
+
+CATEGORY = "widget"
+SOURCE_SIZES = [(48, 80), (40, 64)]
+"""(height, width) of the sources, alternating: neither square nor all alike."""
+EXP_RUN_TIMEOUT_S = 1800
+
+
+def _grey_texture(index: int, size: tuple[int, int]) -> np.ndarray:
+    rng = np.random.default_rng(index)
+    noise = rng.normal(128.0, 20.0, size)
+    return np.clip(cv2.GaussianBlur(noise, (0, 0), 2.0), 0, 255).astype(np.uint8)
+
+
+def _with_defect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.zeros(image.shape, np.uint8)
+    height, width = image.shape
+    mask[height // 3 : height // 2, width // 3 : width // 2] = 255
+    return np.where(mask > 0, 255, image).astype(np.uint8), mask
+
+
+def make_grey_folder(root: Path, train: int = 24, good: int = 6, defective: int = 8) -> Path:
+    """A grey category in MVTec AD layout, non-square sources of two sizes."""
+    category = root / CATEGORY
+    for index in range(train):
+        size = SOURCE_SIZES[index % 2]
+        _write(category / "train" / "good" / f"{index:03d}.png", _grey_texture(index, size))
+    for index in range(good):
+        size = SOURCE_SIZES[index % 2]
+        _write(category / "test" / "good" / f"{index:03d}.png", _grey_texture(100 + index, size))
+    for index in range(defective):
+        image, mask = _with_defect(_grey_texture(200 + index, SOURCE_SIZES[index % 2]))
+        _write(category / "test" / "spot" / f"{index:03d}.png", image)
+        _write(category / "ground_truth" / "spot" / f"{index:03d}_mask.png", mask)
+    return root
+
+
+def _write(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), image)
+
+
+def _tiny_params_for_a_folder() -> dict:
+    """Every family, tiny, with the dataset left to ``-S`` as a user would set it."""
+    params = tiny_every_family_params()
+    params["run"]["ensemble"] = []
+    return params
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``dvc exp run`` on a grey non-square folder in a fresh git + DVC project."""
+    base = tmp_path_factory.mktemp("exp-run-folder")
+    images = make_grey_folder(base / "images")
+    project = new_project(base / "project", REPO_DVC_YAML, _tiny_params_for_a_folder())
+    shutil.copytree(
+        REPO_ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    _commit_everything(project)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", f"{venv_executable('dvc').parent}{os.pathsep}{os.environ['PATH']}")
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+        settings = {
+            "dataset.name": "folder",
+            "dataset.root": images,
+            "dataset.categories": f"[{CATEGORY}]",
+            "profile": "cpu",
+        }
+        options = [part for key, value in settings.items() for part in ("-S", f"{key}={value}")]
+        dvc(project, "exp", "run", *options, timeout=EXP_RUN_TIMEOUT_S)
+    return project
+
+
+def _commit_everything(project: Path) -> None:
+    """``dvc exp run`` needs a commit to base the experiment on."""
+    identity = ["-c", "user.name=reconad tests", "-c", "user.email=tests@reconad.invalid"]
+    for args in (["add", "-A"], [*identity, "commit", "-q", "-m", "project"]):
+        subprocess.run(["git", *args], cwd=project, check=True, timeout=120)
+
+
+@pytest.mark.parametrize("variant", ["sdc_restore", "aesc_stain", "patch_ae", "patchcore"])
+def test_every_variant_is_evaluated_on_the_folder(experiment: Path, variant: str) -> None:
+    metrics = json.loads((experiment / "reports" / "metrics.json").read_text())
+    figures = metrics[variant][CATEGORY]
+    for name in ("image_auroc", "pixel_auroc", "aupro"):
+        assert math.isfinite(figures[name]) and 0.0 <= figures[name] <= 1.0, name
+
+
+def test_the_folder_was_prepared_grey_at_the_params_size(experiment: Path) -> None:
+    prepared = experiment / "data" / "prepared" / CATEGORY
+    image = cv2.imread(str(next((prepared / "train").rglob("*.png"))), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (32, 32)
+
+
+def test_the_experiment_is_recorded(experiment: Path) -> None:
+    assert dvc(experiment, "exp", "list", "--name-only").stdout.split()
