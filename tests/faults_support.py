@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,30 +116,54 @@ def write_png(path: Path, pixels: np.ndarray) -> Path:
     return path
 
 
-def texture(seed: int, size: int = 32, channels: int = 1) -> np.ndarray:
-    """A uint8 image of smooth noise: (size, size) grey or (size, size, 3) BGR."""
+def texture(seed: int, size: int | tuple[int, int] = 32, channels: int = 1) -> np.ndarray:
+    """A uint8 image of smooth noise, grey or BGR; ``size`` is a side or (height, width)."""
+    height, width = _shape(size)
     rng = np.random.default_rng(seed)
-    noise = rng.random((size // 4, size // 4, channels)).astype(np.float32)
-    image = cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC)
+    noise = rng.random((height // 4, width // 4, channels)).astype(np.float32)
+    image = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
     pixels = np.clip(image * 255, 0, 255).astype(np.uint8)
-    return pixels.reshape(size, size) if channels == 1 else pixels.reshape(size, size, 3)
+    return pixels.reshape(height, width) if channels == 1 else pixels.reshape(height, width, 3)
 
 
-def disk_mask(size: int = 32) -> np.ndarray:
-    mask = np.zeros((size, size), np.uint8)
-    cv2.circle(mask, (size // 2, size // 2), size // 5, 255, -1)
+def disk_mask(size: int | tuple[int, int] = 32) -> np.ndarray:
+    height, width = _shape(size)
+    mask = np.zeros((height, width), np.uint8)
+    cv2.circle(mask, (width // 2, height // 2), min(height, width) // 5, 255, -1)
     return mask
 
 
-def make_raw_category(root: Path, category: str = "widget") -> Path:
-    """A valid MVTec-layout category: 4 train, 2 good and 2 defective test images."""
+def _shape(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else size
+
+
+GOOD_SEEDS, DEFECT_SEEDS = 1000, 2000
+"""First texture seeds of good and defective test images: no test image repeats a training
+image for up to 1000 training images."""
+
+
+def make_raw_category(
+    root: Path,
+    category: str = "widget",
+    train: int = 4,
+    good: int = 2,
+    defective: int = 2,
+    sizes: Sequence[int | tuple[int, int]] = (32,),
+) -> Path:
+    """A valid MVTec-layout category of grey images: ``train`` normal training images,
+    ``good`` and ``defective`` (crack) test images; the i-th image of each kind has the
+    size ``sizes[i % len(sizes)]``, a side or (height, width), so sources may differ."""
     folder = root / category
-    for index in range(4):
-        write_png(folder / "train" / "good" / f"{index:03d}.png", texture(index))
-    for index in range(2):
-        write_png(folder / "test" / "good" / f"{index:03d}.png", texture(10 + index))
-        write_png(folder / "test" / "crack" / f"{index:03d}.png", texture(20 + index))
-        write_png(folder / "ground_truth" / "crack" / f"{index:03d}_mask.png", disk_mask())
+    for index in range(train):
+        size = sizes[index % len(sizes)]
+        write_png(folder / "train" / "good" / f"{index:03d}.png", texture(index, size))
+    for index in range(good):
+        size = sizes[index % len(sizes)]
+        write_png(folder / "test" / "good" / f"{index:03d}.png", texture(GOOD_SEEDS + index, size))
+    for index in range(defective):
+        size, name = sizes[index % len(sizes)], f"{index:03d}"
+        write_png(folder / "test" / "crack" / f"{name}.png", texture(DEFECT_SEEDS + index, size))
+        write_png(folder / "ground_truth" / "crack" / f"{name}_mask.png", disk_mask(size))
     return folder
 
 

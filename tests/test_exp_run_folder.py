@@ -17,10 +17,10 @@ import subprocess
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 from benchmarks.dvc_stub import dvc, new_project
 
+from faults_support import make_raw_category
 from pipeline_fixtures import REPO_DVC_YAML, REPO_ROOT, tiny_every_family_params, venv_executable
 
 pytestmark = pytest.mark.slow
@@ -28,42 +28,9 @@ pytestmark = pytest.mark.slow
 CATEGORY = "widget"
 SOURCE_SIZES = [(48, 80), (40, 64)]
 """(height, width) of the sources, alternating: neither square nor all alike."""
+COUNTS = {"train": 24, "good": 6, "defective": 8}
 EXP_RUN_TIMEOUT_S = 1800
 VARIANTS = {"aesc": "aesc_stain", "patch_ae": "patch_ae"}
-
-
-def _grey_texture(index: int, size: tuple[int, int]) -> np.ndarray:
-    rng = np.random.default_rng(index)
-    noise = rng.normal(128.0, 20.0, size)
-    return np.clip(cv2.GaussianBlur(noise, (0, 0), 2.0), 0, 255).astype(np.uint8)
-
-
-def _with_defect(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mask = np.zeros(image.shape, np.uint8)
-    height, width = image.shape
-    mask[height // 3 : height // 2, width // 3 : width // 2] = 255
-    return np.where(mask > 0, 255, image).astype(np.uint8), mask
-
-
-def make_grey_folder(root: Path, train: int = 24, good: int = 6, defective: int = 8) -> Path:
-    """A grey category in MVTec AD layout, non-square sources of two sizes."""
-    category = root / CATEGORY
-    for index in range(train):
-        size = SOURCE_SIZES[index % 2]
-        _write(category / "train" / "good" / f"{index:03d}.png", _grey_texture(index, size))
-    for index in range(good):
-        size = SOURCE_SIZES[index % 2]
-        _write(category / "test" / "good" / f"{index:03d}.png", _grey_texture(100 + index, size))
-    for index in range(defective):
-        image, mask = _with_defect(_grey_texture(200 + index, SOURCE_SIZES[index % 2]))
-        _write(category / "test" / "spot" / f"{index:03d}.png", image)
-        _write(category / "ground_truth" / "spot" / f"{index:03d}_mask.png", mask)
-    return root
-
-
-def _write(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), image)
 
 
 def _tiny_params_for_a_folder() -> dict:
@@ -82,7 +49,8 @@ def _tiny_params_for_a_folder() -> dict:
 def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``dvc exp run`` on a grey non-square folder in a fresh git + DVC project."""
     base = tmp_path_factory.mktemp("exp-run-folder")
-    images = make_grey_folder(base / "images")
+    images = base / "images"
+    make_raw_category(images, CATEGORY, **COUNTS, sizes=SOURCE_SIZES)
     project = new_project(base / "project", REPO_DVC_YAML, _tiny_params_for_a_folder())
     shutil.copytree(
         REPO_ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__")
