@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,23 +147,28 @@ def make_raw_category(
     category: str = "widget",
     train: int = 4,
     good: int = 2,
-    defective: int = 2,
+    defects: Mapping[str, int] | None = None,
     sizes: Sequence[int | tuple[int, int]] = (32,),
+    channels: int = 1,
 ) -> Path:
-    """A valid MVTec-layout category of grey images: ``train`` normal training images,
-    ``good`` and ``defective`` (crack) test images; the i-th image of each kind has the
-    size ``sizes[i % len(sizes)]``, a side or (height, width), so sources may differ."""
+    """A valid MVTec-layout category: ``train`` normal training images, ``good`` normal test
+    images and, per defect kind, that many defective test images with disk masks (two cracks
+    by default); grey or BGR by ``channels``. The i-th image of each kind has the size
+    ``sizes[i % len(sizes)]``, a side or (height, width), so sources may differ."""
     folder = root / category
     for index in range(train):
         size = sizes[index % len(sizes)]
-        write_png(folder / "train" / "good" / f"{index:03d}.png", texture(index, size))
+        write_png(folder / "train" / "good" / f"{index:03d}.png", texture(index, size, channels))
     for index in range(good):
-        size = sizes[index % len(sizes)]
-        write_png(folder / "test" / "good" / f"{index:03d}.png", texture(GOOD_SEEDS + index, size))
-    for index in range(defective):
-        size, name = sizes[index % len(sizes)], f"{index:03d}"
-        write_png(folder / "test" / "crack" / f"{name}.png", texture(DEFECT_SEEDS + index, size))
-        write_png(folder / "ground_truth" / "crack" / f"{name}_mask.png", disk_mask(size))
+        size, seed = sizes[index % len(sizes)], GOOD_SEEDS + index
+        write_png(folder / "test" / "good" / f"{index:03d}.png", texture(seed, size, channels))
+    seed = DEFECT_SEEDS
+    for kind, count in (defects if defects is not None else {"crack": 2}).items():
+        for index in range(count):
+            size, name = sizes[index % len(sizes)], f"{index:03d}"
+            write_png(folder / "test" / kind / f"{name}.png", texture(seed, size, channels))
+            write_png(folder / "ground_truth" / kind / f"{name}_mask.png", disk_mask(size))
+            seed += 1
     return folder
 
 

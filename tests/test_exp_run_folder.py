@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 CATEGORY = "widget"
 SOURCE_SIZES = [(48, 80), (40, 64)]
 """(height, width) of the sources, alternating: neither square nor all alike."""
-COUNTS = {"train": 24, "good": 6, "defective": 8}
+COUNTS = {"train": 24, "good": 6, "defects": {"crack": 8}}
 EXP_RUN_TIMEOUT_S = 1800
 VARIANTS = {"aesc": "aesc_stain", "patch_ae": "patch_ae"}
 

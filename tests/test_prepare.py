@@ -6,11 +6,13 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
+from faults_support import DEFECT_SEEDS, disk_mask, make_raw_category, texture, write_png
 from pipeline_fixtures import repo_params
 from reconad.config import Params, params_from_dict
 from reconad.data.layout import list_categories, load_split, scan_category
@@ -20,45 +22,12 @@ from reconad.errors import DataError
 BOTTLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_bottle"
 
 
-def _png(path: Path, pixels: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(".png", pixels)
-    assert ok
-    path.write_bytes(encoded.tobytes())
-    return path
-
-
-def _texture(seed: int, size: int, rgb: bool) -> np.ndarray:
-    shape = (size, size, 3) if rgb else (size, size)
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-
-
-def _defect_mask(size: int) -> np.ndarray:
-    mask = np.zeros((size, size), np.uint8)
-    mask[size // 4 : size // 2, size // 4 : size // 2] = 255
-    return mask
-
-
-def make_category(
-    root: Path,
-    name: str = "widget",
-    train: int = 6,
-    good: int = 2,
-    defects: dict[str, int] | None = None,
-    size: int = 16,
-    rgb: bool = True,
-) -> Path:
-    """A small category in MVTec AD layout with random pixels and square defect masks."""
-    category = root / name
-    for index in range(train):
-        _png(category / "train" / "good" / f"{index:03d}.png", _texture(index, size, rgb))
-    for index in range(good):
-        _png(category / "test" / "good" / f"{index:03d}.png", _texture(100 + index, size, rgb))
-    for kind, count in (defects if defects is not None else {"crack": 2}).items():
-        for index in range(count):
-            _png(category / "test" / kind / f"{index:03d}.png", _texture(200 + index, size, rgb))
-            _png(category / "ground_truth" / kind / f"{index:03d}_mask.png", _defect_mask(size))
-    return category
+def make_category(root: Path, category: str = "widget", **options: Any) -> Path:
+    """A category of these tests' usual shape: six 16 px RGB training images, two good and
+    two cracked test images; ``options`` as for ``make_raw_category``."""
+    return make_raw_category(
+        root, category, **{"train": 6, "sizes": (16,), "channels": 3, **options}
+    )
 
 
 def _prepare(src: Path, out: Path, **overrides: object):
@@ -125,7 +94,7 @@ def test_defective_image_without_mask_is_an_error(tmp_path: Path) -> None:
 
 def test_mask_without_image_is_an_error(tmp_path: Path) -> None:
     category = make_category(tmp_path)
-    _png(category / "ground_truth" / "crack" / "007_mask.png", _defect_mask(16))
+    write_png(category / "ground_truth" / "crack" / "007_mask.png", disk_mask(16))
     with pytest.raises(DataError, match=r"007_mask\.png: mask without a test image"):
         scan_category(tmp_path, "widget")
 
@@ -134,7 +103,10 @@ def test_mask_without_image_is_an_error(tmp_path: Path) -> None:
 
 
 def test_prepare_writes_layout_split_and_loads_back(tmp_path: Path) -> None:
-    make_category(tmp_path / "raw", size=16, defects={"crack": 2})
+    category = make_category(tmp_path / "raw")
+    square = np.zeros((16, 16), np.uint8)
+    square[4:8, 4:8] = 255
+    write_png(category / "ground_truth" / "crack" / "000_mask.png", square)
     report = _prepare(tmp_path / "raw", tmp_path / "out")
     out = tmp_path / "out" / "widget"
     split = json.loads((out / "split.json").read_text())
@@ -161,7 +133,8 @@ def test_prepare_writes_layout_split_and_loads_back(tmp_path: Path) -> None:
     expected_mask = np.zeros((8, 8), bool)
     expected_mask[2:4, 2:4] = True
     np.testing.assert_array_equal(data.test_masks[0], expected_mask)
-    source = cv2.cvtColor(_texture(200, 16, True), cv2.COLOR_BGR2RGB) / np.float32(255)
+    defect = texture(DEFECT_SEEDS, 16, channels=3)
+    source = cv2.cvtColor(defect, cv2.COLOR_BGR2RGB) / np.float32(255)
     reference = cv2.resize(source, (8, 8), interpolation=cv2.INTER_AREA)
     np.testing.assert_allclose(data.test[0], reference, atol=0.5 / 255 + 1e-6)
 
@@ -189,7 +162,7 @@ def test_validation_needs_two_training_images(tmp_path: Path) -> None:
 
 def test_mask_size_mismatch_names_both_files_and_writes_nothing(tmp_path: Path) -> None:
     category = make_category(tmp_path / "raw")
-    _png(category / "ground_truth" / "crack" / "001_mask.png", _defect_mask(12))
+    write_png(category / "ground_truth" / "crack" / "001_mask.png", disk_mask(12))
     with pytest.raises(DataError, match=r"001_mask\.png: mask is 12x12 but its image .*001\.png"):
         _prepare(tmp_path / "raw", tmp_path / "out")
     assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
@@ -207,10 +180,10 @@ def test_corrupt_image_fails_before_anything_is_written(tmp_path: Path) -> None:
 def test_non_binary_mask_is_binarised_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    category = make_category(tmp_path / "raw", size=8)
+    category = make_category(tmp_path / "raw", sizes=(8,))
     soft = np.zeros((8, 8), np.uint8)
     soft[0, :4] = [60, 127, 128, 250]
-    _png(category / "ground_truth" / "crack" / "000_mask.png", soft)
+    write_png(category / "ground_truth" / "crack" / "000_mask.png", soft)
     with caplog.at_level(logging.WARNING, logger="reconad"):
         report = _prepare(tmp_path / "raw", tmp_path / "out")
     assert any("not binary, binarised at 50%" in w for w in report.warnings)
@@ -221,9 +194,9 @@ def test_non_binary_mask_is_binarised_with_a_warning(
 
 
 def test_mixed_grey_and_rgb_become_rgb_with_a_warning(tmp_path: Path) -> None:
-    category = make_category(tmp_path / "raw", rgb=True)
-    grey = _texture(42, 16, rgb=False)
-    _png(category / "train" / "good" / "000.png", grey)
+    category = make_category(tmp_path / "raw", channels=3)
+    grey = texture(42, 16)
+    write_png(category / "train" / "good" / "000.png", grey)
     report = _prepare(tmp_path / "raw", tmp_path / "out", image_size=16)
     assert report.color == "rgb"
     assert any("1 of 10 images converted to rgb" in w for w in report.warnings)
@@ -235,7 +208,7 @@ def test_mixed_grey_and_rgb_become_rgb_with_a_warning(tmp_path: Path) -> None:
 
 
 def test_all_grey_becomes_one_channel_and_color_can_be_forced(tmp_path: Path) -> None:
-    make_category(tmp_path / "raw", rgb=False)
+    make_category(tmp_path / "raw", channels=1)
     report = _prepare(tmp_path / "raw", tmp_path / "out")
     assert report.color == "grey" and report.warnings == [
         "widget: images resized from 16x16 to 8x8 (dataset.image_size)"
@@ -247,8 +220,8 @@ def test_all_grey_becomes_one_channel_and_color_can_be_forced(tmp_path: Path) ->
 
 
 def test_images_of_different_sizes_are_resized_with_a_warning(tmp_path: Path) -> None:
-    category = make_category(tmp_path / "raw", size=16)
-    _png(category / "train" / "good" / "003.png", _texture(3, 24, rgb=True))
+    category = make_category(tmp_path / "raw")
+    write_png(category / "train" / "good" / "003.png", texture(3, 24, channels=3))
     report = _prepare(tmp_path / "raw", tmp_path / "out", image_size=16)
     assert any("different sizes" in w and "24x24" in w for w in report.warnings)
     data = load_split(tmp_path / "out" / "widget")
@@ -301,7 +274,7 @@ def _params(seed: int, **dataset: object) -> Params:
 
 def test_prepare_dataset_folder(tmp_path: Path) -> None:
     make_category(tmp_path / "mine", "alpha")
-    make_category(tmp_path / "mine", "beta", rgb=False)
+    make_category(tmp_path / "mine", "beta", channels=1)
     params = _params(
         1, name="folder", root=str(tmp_path / "mine"), categories=["alpha", "beta"], image_size=32
     )
