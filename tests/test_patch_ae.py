@@ -23,6 +23,8 @@ from reconad.models.patch_ae import (
     REPRESENTATION,
     DepthToSpace,
     PatchAe,
+    PointwiseIdentity,
+    SignSplitOrthogonal,
     encoder,
     hybrid_patch_loss,
 )
@@ -361,3 +363,54 @@ def test_representation_layer_is_the_memory_bank_feature(grey_model: keras.Model
     assert (codes >= 0).all()  # ReLU
     decoded = grey_model.get_layer(DECODER)(codes).numpy()
     np.testing.assert_allclose(decoded, grey_model(images).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _code_of(model: keras.Model, features: np.ndarray) -> np.ndarray:
+    """The two compression layers of ``model`` applied to ``features`` (B, h, w, c1 + c2)."""
+    compressed = model.get_layer("compress")(features)
+    return model.get_layer(REPRESENTATION)(compressed).numpy()
+
+
+def test_orthogonal_compression_keeps_the_distances_of_the_features() -> None:
+    """With as many directions as feature channels, the untrained code is an isometry:
+    the memory bank starts from the distances PatchCore scores."""
+    keras.utils.set_random_seed(3)
+    feature_channels = 256 + 512  # block3_conv3 + block4_conv3
+    model = _method(1, **{"network.compressed_channels": 2 * feature_channels}).build()
+    features = np.random.default_rng(4).normal(size=(2, 3, 3, feature_channels))
+    codes = _code_of(model, features.astype(np.float32)).reshape(-1, 2 * feature_channels)
+    flat = features.reshape(-1, feature_channels)
+    np.testing.assert_allclose(
+        np.linalg.norm(codes[:, None] - codes[None], axis=-1)[np.triu_indices(len(flat), 1)]
+        / np.linalg.norm(flat[:, None] - flat[None], axis=-1)[np.triu_indices(len(flat), 1)],
+        1.0,
+        atol=0.3,  # opposite signs of one direction shrink its difference, never grow it
+    )
+    np.testing.assert_allclose(
+        np.linalg.norm(codes, axis=-1), np.linalg.norm(flat, axis=-1), rtol=1e-4
+    )
+
+
+def test_glorot_compression_is_the_keras_default() -> None:
+    keras.utils.set_random_seed(3)
+    model = _method(1, **{"network.compression_init": "glorot"}).build()
+    kernel = model.get_layer(REPRESENTATION).get_weights()[0][0, 0]
+    assert not np.allclose(kernel, np.eye(C3))
+    keras.utils.set_random_seed(3)
+    orthogonal = _method(1).build().get_layer(REPRESENTATION).get_weights()[0][0, 0]
+    np.testing.assert_array_equal(orthogonal, np.eye(C3))
+
+
+def test_orthogonal_compression_needs_an_even_code() -> None:
+    with pytest.raises(ConfigError, match=r"patch_ae\.network\.compressed_channels:.*even.*got 5"):
+        _method(1, **{"network.compressed_channels": 5})
+
+
+def test_sign_split_kernel_holds_each_direction_twice() -> None:
+    kernel = SignSplitOrthogonal(seed=1)((1, 1, 6, 4)).numpy()[0, 0]
+    np.testing.assert_allclose(kernel[:, :2], -kernel[:, 2:])
+    np.testing.assert_allclose(kernel[:, :2].T @ kernel[:, :2], np.eye(2), atol=1e-6)
+    with pytest.raises(ValueError, match="1x1 kernel with an even number"):
+        SignSplitOrthogonal()((3, 3, 6, 4))
+    with pytest.raises(ValueError, match="square 1x1 kernel"):
+        PointwiseIdentity()((1, 1, 6, 4))

@@ -17,10 +17,12 @@ PatchCore's re-weighting.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import keras
 import tensorflow as tf
 from keras import ops
+from pydantic import model_validator
 
 from reconad.config import FitConfig, Fraction, InputConfig, Positive, Section
 from reconad.corrupt.cutpaste import CutPasteConfig, cutpaste, cutpaste_with_mask
@@ -37,11 +39,26 @@ from reconad.memory_bank import (
 from reconad.models.backbones import BackboneConfig, freeze_batch_norm, patch_features
 from reconad.models.base import Detector, LossFn, TrainedMethod, batched_predict
 
+COMPRESSION_INITS = ("orthogonal", "glorot")
+
 
 class NetworkConfig(BackboneConfig):
     freeze_backbone: bool
     compressed_channels: Positive
+    compression_init: Literal[COMPRESSION_INITS]
+    """orthogonal: the untrained code keeps the distances between features
+    (:class:`SignSplitOrthogonal`); glorot: Keras' default."""
     decoder_channels: Positive
+
+    @model_validator(mode="after")
+    def _even_orthogonal_code(self) -> NetworkConfig:
+        if self.compression_init == "orthogonal" and self.compressed_channels % 2:
+            raise ValueError(
+                "patch_ae.network.compressed_channels: compression_init orthogonal keeps each "
+                f"direction as two channels, so it needs an even number, got "
+                f"{self.compressed_channels}"
+            )
+        return self
 
 
 class LossConfig(Section):
@@ -121,6 +138,56 @@ class DepthToSpace(keras.layers.Layer):
         return {**super().get_config(), "block_size": self.block_size}
 
 
+@keras.saving.register_keras_serializable(package="reconad")
+class SignSplitOrthogonal(keras.initializers.Initializer):
+    """1x1 conv kernel ``(1, 1, n_in, 2k)`` holding ``[Q, -Q]``, Q ``n_in x k`` orthonormal.
+
+    After the ReLU the two halves are the positive and negative parts of ``Q^T x``, which
+    together keep it whole: the untrained code is an orthogonal projection of the features,
+    so the memory bank starts from their distances (Johnson-Lindenstrauss), as PatchCore
+    scores them. A Glorot-initialised code loses the negative half of a random projection
+    in each of its two ReLUs, and the bank starts worse (docs/quality.md).
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def __call__(self, shape: tuple[int, ...], dtype: str | None = None) -> tf.Tensor:
+        *window, inputs, outputs = shape
+        if any(side != 1 for side in window) or outputs % 2:
+            raise ValueError(
+                f"Expected a 1x1 kernel with an even number of outputs. Received: shape={shape}"
+            )
+        directions = keras.initializers.Orthogonal(seed=self.seed)((inputs, outputs // 2), dtype)
+        return ops.reshape(ops.concatenate([directions, -directions], axis=-1), shape)
+
+    def get_config(self) -> dict:
+        return {"seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="reconad")
+class PointwiseIdentity(keras.initializers.Initializer):
+    """1x1 conv kernel ``(1, 1, n, n)`` that passes its input through: after
+    :class:`SignSplitOrthogonal` and a ReLU the input is non-negative, so the second
+    compression layer starts as the identity and keeps the distances the first one kept."""
+
+    def __call__(self, shape: tuple[int, ...], dtype: str | None = None) -> tf.Tensor:
+        *window, inputs, outputs = shape
+        if any(side != 1 for side in window) or inputs != outputs:
+            raise ValueError(f"Expected a square 1x1 kernel. Received: shape={shape}")
+        return ops.reshape(ops.eye(inputs, dtype=dtype), shape)
+
+
+def compression_initializers(init: str) -> tuple[dict[str, object], dict[str, object]]:
+    """Keyword arguments of the two compression layers for ``network.compression_init``."""
+    if init == "orthogonal":
+        return (
+            {"kernel_initializer": SignSplitOrthogonal()},
+            {"kernel_initializer": PointwiseIdentity()},
+        )
+    return {}, {}
+
+
 def build_patch_ae(config: NetworkConfig, channels: int) -> keras.Model:
     """The Patch AE network: images ``(B, H, W, channels)`` in [0, 1] to their reconstruction.
 
@@ -133,11 +200,12 @@ def build_patch_ae(config: NetworkConfig, channels: int) -> keras.Model:
     freeze_batch_norm(backbone)
     features = patch_features(backbone, config.stride, config.aggregate)
     inputs = keras.Input((None, None, channels), name="image")
+    first, second = compression_initializers(config.compression_init)
     compressed = keras.layers.Conv2D(
-        config.compressed_channels, 1, activation="relu", name="compress"
+        config.compressed_channels, 1, activation="relu", name="compress", **first
     )(features(inputs))
     representation = keras.layers.Conv2D(
-        config.compressed_channels, 1, activation="relu", name=REPRESENTATION
+        config.compressed_channels, 1, activation="relu", name=REPRESENTATION, **second
     )(compressed)
     decoder = build_decoder(
         config.compressed_channels, config.decoder_channels, channels, config.stride
