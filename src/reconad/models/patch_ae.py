@@ -178,14 +178,13 @@ class PointwiseIdentity(keras.initializers.Initializer):
         return ops.reshape(ops.eye(inputs, dtype=dtype), shape)
 
 
-def compression_initializers(init: str) -> tuple[dict[str, object], dict[str, object]]:
-    """Keyword arguments of the two compression layers for ``network.compression_init``."""
+def compression_initializers(
+    init: str,
+) -> tuple[keras.initializers.Initializer | str, keras.initializers.Initializer | str]:
+    """Kernel initialisers of the two compression layers for ``network.compression_init``."""
     if init == "orthogonal":
-        return (
-            {"kernel_initializer": SignSplitOrthogonal()},
-            {"kernel_initializer": PointwiseIdentity()},
-        )
-    return {}, {}
+        return SignSplitOrthogonal(), PointwiseIdentity()
+    return "glorot_uniform", "glorot_uniform"
 
 
 def build_patch_ae(config: NetworkConfig, channels: int) -> keras.Model:
@@ -202,10 +201,14 @@ def build_patch_ae(config: NetworkConfig, channels: int) -> keras.Model:
     inputs = keras.Input((None, None, channels), name="image")
     first, second = compression_initializers(config.compression_init)
     compressed = keras.layers.Conv2D(
-        config.compressed_channels, 1, activation="relu", name="compress", **first
+        config.compressed_channels, 1, activation="relu", name="compress", kernel_initializer=first
     )(features(inputs))
     representation = keras.layers.Conv2D(
-        config.compressed_channels, 1, activation="relu", name=REPRESENTATION, **second
+        config.compressed_channels,
+        1,
+        activation="relu",
+        name=REPRESENTATION,
+        kernel_initializer=second,
     )(compressed)
     decoder = build_decoder(
         config.compressed_channels, config.decoder_channels, channels, config.stride
