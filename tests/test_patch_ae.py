@@ -391,7 +391,7 @@ def test_orthogonal_compression_keeps_the_distances_of_the_features() -> None:
     )
 
 
-def test_glorot_compression_is_the_keras_default() -> None:
+def test_second_compression_layer_starts_random_with_glorot_and_as_identity_otherwise() -> None:
     keras.utils.set_random_seed(3)
     model = _method(1, **{"network.compression_init": "glorot"}).build()
     kernel = model.get_layer(REPRESENTATION).get_weights()[0][0, 0]
