@@ -477,7 +477,7 @@ def test_an_explicit_value_in_the_file_wins_over_the_profile(profile: str) -> No
     assert sdc.network.width == 0.75
     assert [(phase.crop, phase.epochs) for phase in sdc.train.phases] == [(32, 1)]
     # the keys left null are still filled by that profile
-    assert sdc.network.dilations == raw["profiles"][profile]["sdc_ae.network.dilations"]
+    assert sdc.network.dilations == raw["profiles"][profile]["sdc_ae"]["network"]["dilations"]
 
 
 def test_a_value_set_by_a_variant_wins_over_the_profile() -> None:
@@ -499,20 +499,30 @@ def test_an_unknown_profile_is_one_line_naming_it(tmp_path: Path) -> None:
 
 def test_a_profile_key_missing_from_the_file_is_one_line_naming_it(tmp_path: Path) -> None:
     raw = repo_raw()
-    raw["profiles"]["quick"]["sdc_ae.network.widht"] = 0.5
+    raw["profiles"]["quick"]["sdc_ae"]["network"]["widht"] = 0.5
     path = write_params(tmp_path, raw)
     message = one_line_error(lambda: load_params(path))
     assert message == f"{path}: profiles.quick: unknown key 'sdc_ae.network.widht'"
 
 
+def test_a_profile_may_nest_its_keys_or_write_them_dotted() -> None:
+    nested = repo_raw()
+    nested["profiles"]["quick"]["sdc_ae"]["network"]["width"] = 0.5
+    dotted = repo_raw()
+    del dotted["profiles"]["quick"]["sdc_ae"]["network"]["width"]
+    dotted["profiles"]["quick"]["sdc_ae.network.width"] = 0.5
+    for raw in (nested, dotted):
+        assert params_from_dict(raw).family("sdc_ae").network.width == 0.5
+
+
 def test_a_null_no_profile_fills_is_one_line_naming_the_key(tmp_path: Path) -> None:
     raw = repo_raw()
-    del raw["profiles"]["quick"]["sdc_ae.network.width"]
+    del raw["profiles"]["quick"]["sdc_ae"]["network"]["width"]
     params = params_from_dict(raw)
     message = one_line_error(lambda: params.family("sdc_ae"))
     assert message.startswith("params.yaml: sdc_ae.network.width: null"), message
     raw = repo_raw()
-    del raw["profiles"]["quick"]["dataset.image_size"]
+    del raw["profiles"]["quick"]["dataset"]["image_size"]
     path = write_params(tmp_path, raw)
     message = one_line_error(lambda: load_params(path))
     assert message.startswith(f"{path}: dataset.image_size: null"), message
@@ -520,12 +530,12 @@ def test_a_null_no_profile_fills_is_one_line_naming_the_key(tmp_path: Path) -> N
 
 def test_a_bad_profile_value_is_refused_like_any_other(tmp_path: Path) -> None:
     raw = repo_raw()
-    raw["profiles"]["quick"]["sdc_ae.network.width"] = 9
+    raw["profiles"]["quick"]["sdc_ae"]["network"]["width"] = 9
     message = one_line_error(lambda: params_from_dict(raw).family("sdc_ae"))
     assert message.startswith(
         "params.yaml: sdc_ae.network.width: Input should be less than or equal to 4"
     )
-    raw["profiles"]["quick"]["dataset.image_size"] = 100
+    raw["profiles"]["quick"]["dataset"]["image_size"] = 100
     path = write_params(tmp_path, raw)
     message = one_line_error(lambda: load_params(path))
     assert message.startswith(f"{path}: dataset.image_size: Input should be a multiple of 8")

@@ -123,11 +123,36 @@ def test_every_stage_of_a_family_lists_its_variant_and_profile(
 ) -> None:
     profile = repo_params()["profile"]
     for family, variant in FAMILY_VARIANTS.items():
+        own = {f"profiles.{profile}"} if family == "ensemble" else {f"profiles.{profile}.{family}"}
         for kind in MATRIX_KINDS:
             for name in matrix_stages(kind, family):
                 listed = stages[name].params
-                assert f"profiles.{profile}" in listed, name
+                assert own <= listed, name
                 assert {f"variants.{variant}", "variants"} & listed, name
+
+
+def test_a_family_stage_lists_no_other_familys_profile_block(
+    stages: dict[str, StageView],
+) -> None:
+    """Editing one family's lines of a profile re-runs that family's stages only."""
+    profile = repo_params()["profile"]
+    for family in FAMILIES:
+        if family == "ensemble":
+            continue
+        for kind in MATRIX_KINDS:
+            for name in matrix_stages(kind, family):
+                sections = {
+                    key.removeprefix(f"profiles.{profile}.")
+                    for key in stages[name].params
+                    if key.startswith("profiles.")
+                }
+                assert sections == {"dataset", family}, name
+
+
+def test_every_profile_has_the_blocks_the_stages_list() -> None:
+    """DVC refuses a stage whose listed param is missing, under any profile."""
+    for name, blocks in repo_params()["profiles"].items():
+        assert {"dataset", *(f for f in FAMILIES if f != "ensemble")} <= set(blocks), name
 
 
 def test_training_lists_only_its_own_family_blocks(stages: dict[str, StageView]) -> None:

@@ -33,7 +33,7 @@ from pipeline_fixtures import (
     write_yaml,
 )
 from reconad import config
-from reconad.config import Section
+from reconad.config import Section, dotted_leaves
 from stage_closure import stage_files
 
 UNTRACKED_SECTIONS = ("tracking",)
@@ -245,9 +245,10 @@ def test_every_stage_lists_every_params_key_it_reads(
             ]
             unlisted += [
                 f"{name}: reads {read}, which the profile sets, and "
-                "profiles.${profile} is not in its params"
+                f"profiles.${{profile}}.{read} is not in its params"
                 for read in sorted(reads)
-                if filled_by_profile(read, raw) and not any(k.startswith("profiles.") for k in keys)
+                if filled_by_profile(read, raw)
+                and not listed(f"profiles.{raw['profile']}.{read}", keys)
             ]
     assert not unlisted, "\n".join(sorted(set(unlisted)))
 
@@ -258,7 +259,7 @@ _MISSING = object()
 def filled_by_profile(read: str, raw: dict[str, Any]) -> bool:
     """In the repository's params.yaml, ``read`` (or a section holding it) is null and a
     profile sets it: ``-S profile=...`` changes the value without changing the key."""
-    profile_keys = {key for profile in raw["profiles"].values() for key in profile}
+    profile_keys = {key for profile in raw["profiles"].values() for key in dotted_leaves(profile)}
     parts = read.split(".")
     for end in range(1, len(parts) + 1):
         key = ".".join(parts[:end])

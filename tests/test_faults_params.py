@@ -70,8 +70,13 @@ them when they load its params (fetch and prepare load no variant)."""
 
 
 def _quick_profile_without(key: str) -> dict[str, Any]:
-    profile = dict(yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]["quick"])
-    del profile[key]
+    """The repository's quick profile without the nested ``key`` (``a.b.c``)."""
+    profile = yaml.safe_load((REPO / "params.yaml").read_text())["profiles"]["quick"]
+    *branches, leaf = key.split(".")
+    node = profile
+    for branch in branches:
+        node = node[branch]
+    del node[leaf]
     return profile
 
 

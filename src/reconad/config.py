@@ -407,10 +407,27 @@ def _apply_profile(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     if not isinstance(profiles, dict) or profile not in profiles:
         known = ", ".join(sorted(profiles)) if isinstance(profiles, dict) else "none"
         raise ConfigError(f"{path}: profile: unknown profile '{profile}' (allowed: {known})")
-    values = profiles[profile] or {}
+    values = dotted_leaves(profiles[profile] or {})
     origin = f"profiles.{profile}"
     unset = {key: value for key, value in values.items() if _lookup(raw, key, origin, path) is None}
     return apply_overrides(raw, unset, origin, path)
+
+
+def dotted_leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A profile's values by dotted key: ``{sdc_ae: {network: {width: 1}}}`` and
+    ``{sdc_ae.network.width: 1}`` both give ``{"sdc_ae.network.width": 1}``.
+
+    Profiles nest by section so that DVC stages can depend on one family's part
+    (``profiles.cpu.aesc``); lists, such as phases, are values, not branches.
+    """
+    leaves: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            leaves.update(dotted_leaves(value, dotted))
+        else:
+            leaves[dotted] = value
+    return leaves
 
 
 def _lookup(raw: dict[str, Any], dotted: str, origin: str, path: Path) -> Any:
