@@ -301,6 +301,12 @@ PARAM_CHANGES: list[tuple[str, Any, set[str]]] = [
     ("evaluate.max_fpr", 0.2, stages_of(("evaluate",), tuple(FAMILY_VARIANTS))),
     ("ensemble.image_score", "top_q_mean", stages_of(EVERY_KIND, ("ensemble",))),
     ("tracking.experiment", "elsewhere", set()),
+    (
+        "profiles.quick.aesc.train.steps_per_epoch",
+        7,  # the ensemble reads every family's profile block
+        stages_of(EVERY_KIND, ("aesc", "ensemble")),
+    ),
+    ("profiles.quick.dataset.image_size", 64, pipeline_stages(REPRO_CATEGORIES)),
 ]
 
 
