@@ -13,6 +13,7 @@ import yaml
 from reconad.config import Params, apply_overrides, params_from_dict
 from reconad.corrupt.stain import CORRUPTION_MODELS
 from reconad.errors import ConfigError
+from reconad.maps import gaussian_smooth
 from reconad.models import method_class
 from reconad.models.aesc import (
     Aesc,
@@ -269,7 +270,9 @@ def test_p_norm_scores() -> None:
 
 
 def test_detector_maps_and_scores(aesc_model: keras.Model) -> None:
-    method = _method(_params(score={"map": "uncertainty", "p": 2.0, "mc_passes": 4}))
+    method = _method(
+        _params(score={"map": "uncertainty", "sigma_px": 0.0, "p": 2.0, "mc_passes": 4})
+    )
     detector = method.load_detector(aesc_model, Path("unused"))
     assert detector.map_names == ("uncertainty", "residual")
     images = _images(3, 64, 1)
@@ -290,12 +293,30 @@ def test_detector_maps_and_scores(aesc_model: keras.Model) -> None:
 
 def test_detector_without_dropout_has_only_the_residual() -> None:
     model = build_network(1, FILTERS, 5, [0.0] * 6, False, seed=0)
-    detector = AescDetector(AescNetwork(model), _score_config(map="residual"), 2, 0)
+    detector = AescDetector(AescNetwork(model), _score_config(map="residual"), 64, 2, 0)
     assert detector.map_names == ("residual",)
     scores = detector.score(_images(2, 64, 1))
     assert list(scores.maps) == ["residual"] and scores.image_scores["residual"].shape == (2,)
     with pytest.raises(ConfigError, match=r"aesc\.score\.map: 'uncertainty' needs"):
-        AescDetector(AescNetwork(model), _score_config(map="uncertainty"), 2, 0)
+        AescDetector(AescNetwork(model), _score_config(map="uncertainty"), 64, 2, 0)
+
+
+@pytest.mark.parametrize(("sigma_px", "image_size", "sigma"), [(4.0, 256, 4.0), (4.0, 64, 1.0)])
+def test_maps_are_smoothed_by_sigma_scaled_to_the_image_size(
+    aesc_model: keras.Model, sigma_px: float, image_size: int, sigma: float
+) -> None:
+    network = AescNetwork(aesc_model)
+    config = _score_config(map="residual", mc_passes=2)
+    raw = AescDetector(network, config.model_copy(update={"sigma_px": 0.0}), image_size, 2, 0)
+    smooth = AescDetector(
+        network, config.model_copy(update={"sigma_px": sigma_px}), image_size, 2, 0
+    )
+    images = _images(2, 64, 1)
+    raw_maps, smooth_maps = raw.anomaly_maps(images), smooth.anomaly_maps(images)
+    for name in ("residual", "uncertainty"):
+        expected = gaussian_smooth(raw_maps[name], sigma)
+        np.testing.assert_allclose(smooth_maps[name], expected, rtol=1e-5, atol=1e-7)
+        assert smooth_maps[name].std() < raw_maps[name].std()
 
 
 def test_pairs_in_tf_data_and_their_loss() -> None:
