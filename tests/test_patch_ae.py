@@ -20,6 +20,7 @@ from reconad.memory_bank import MEMORY_BANK_FILE, MemoryBankDetector, load_bank,
 from reconad.models import backbones, method_class
 from reconad.models.base import Scores
 from reconad.models.patch_ae import (
+    COMPRESS,
     DECODER,
     REPRESENTATION,
     DepthToSpace,
@@ -368,7 +369,7 @@ def test_representation_layer_is_the_memory_bank_feature(grey_model: keras.Model
 
 def _code_of(model: keras.Model, features: np.ndarray) -> np.ndarray:
     """The two compression layers of ``model`` applied to ``features`` (B, h, w, c1 + c2)."""
-    compressed = model.get_layer("compress")(features)
+    compressed = model.get_layer(COMPRESS)(features)
     return model.get_layer(REPRESENTATION)(compressed).numpy()
 
 

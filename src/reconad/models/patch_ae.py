@@ -78,6 +78,8 @@ class Config(Section):
     score: KnnScoreConfig
 
 
+COMPRESS = "compress"
+"""Name of the first 1 x 1 conv of the compression (features to c ReLU units)."""
 REPRESENTATION = "representation"
 """Name of the layer whose output is R; :func:`encoder` cuts the model there."""
 DECODER = "decoder"
@@ -201,7 +203,7 @@ def build_patch_ae(config: NetworkConfig, channels: int) -> keras.Model:
     inputs = keras.Input((None, None, channels), name="image")
     first, second = compression_initializers(config.compression_init)
     compressed = keras.layers.Conv2D(
-        config.compressed_channels, 1, activation="relu", name="compress", kernel_initializer=first
+        config.compressed_channels, 1, activation="relu", name=COMPRESS, kernel_initializer=first
     )(features(inputs))
     representation = keras.layers.Conv2D(
         config.compressed_channels,
