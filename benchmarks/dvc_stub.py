@@ -162,8 +162,8 @@ def overlaps(first: str, second: str) -> bool:
 
 def stage_family(name: str) -> tuple[str, str] | None:
     """``(kind, family)`` of a matrix stage ``<kind>_<family>@<variant>-<category>``
-    (``train_ensemble@sdc_ensemble-brick``: ``("train", "ensemble")``); None for a plain
-    stage (``fetch``, ``report``)."""
+    (``train_ensemble@sdc_ensemble-brick``: ``("train", "ensemble")``); None for a stage
+    of no family (``fetch``, ``prepare@brick``, ``report``)."""
     group, at, _ = name.partition("@")
     kind, _, family = group.partition("_")
     return (kind, family) if at and family else None
@@ -192,7 +192,8 @@ def stub_pipeline(project: Path, stages: dict[str, StageView]) -> None:
     """Replace every ``cmd`` of ``project/dvc.yaml`` by the stub stage, in place.
 
     The stub gets the stage's outs (still ``${item...}`` templates that DVC fills in) plus,
-    for a plain stage, the deps of later stages inside its outs (``data/prepared/<cat>``).
+    for a plain stage, the deps of later stages inside its outs (a folder inside
+    ``data/raw``, say), so that those deps exist.
     Source files the stages depend on become placeholders.
 
     Args:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -100,6 +101,13 @@ def tiny_every_family_params() -> dict[str, Any]:
 def write_yaml(path: Path, content: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
     return path
+
+
+def commit_everything(project: Path) -> None:
+    """Commit every file of ``project``: ``dvc exp run`` bases the experiment on a commit."""
+    identity = ["-c", "user.name=reconad tests", "-c", "user.email=tests@reconad.invalid"]
+    for args in (["add", "-A"], [*identity, "commit", "-q", "-m", "project"]):
+        subprocess.run(["git", *args], cwd=project, check=True, timeout=120)
 
 
 def venv_executable(name: str) -> Path:

@@ -13,6 +13,7 @@ repro`` then shows which stages a params change re-runs, in seconds and without 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -32,12 +33,14 @@ from benchmarks.dvc_stub import (
     new_project,
     ran_stages,
     resolved_stages,
+    stage_family,
     stub_pipeline,
 )
 
 from pipeline_fixtures import (
     FAMILY_VARIANTS,
     REPO_DVC_YAML,
+    commit_everything,
     repo_params,
     with_every_family,
     write_yaml,
@@ -58,9 +61,14 @@ def family_stages(family: str, categories: tuple[str, ...] = CATEGORIES) -> set[
     return set().union(*(matrix_stages(kind, family, categories) for kind in MATRIX_KINDS))
 
 
+def data_stages(categories: tuple[str, ...] = CATEGORIES) -> set[str]:
+    """``fetch``, one ``prepare@<category>`` per category, and ``report``."""
+    return {"fetch", "report"} | {f"prepare@{category}" for category in categories}
+
+
 def pipeline_stages(categories: tuple[str, ...] = CATEGORIES) -> set[str]:
     families = (family_stages(family, categories) for family in FAMILY_VARIANTS)
-    return {"fetch", "prepare", "report"}.union(*families)
+    return data_stages(categories).union(*families)
 
 
 def all_families_params(categories: tuple[str, ...] = CATEGORIES) -> dict[str, Any]:
@@ -89,7 +97,7 @@ def stages(project: Path) -> dict[str, StageView]:
 def test_stage_list_names_every_stage(project: Path) -> None:
     listed = dvc(project, "stage", "list", "--name-only").stdout.split()
     assert set(listed) == pipeline_stages()
-    assert len(listed) == 3 + len(MATRIX_KINDS) * len(FAMILIES) * len(CATEGORIES)
+    assert len(listed) == 2 + (1 + len(MATRIX_KINDS) * len(FAMILIES)) * len(CATEGORIES)
 
 
 def test_repository_params_resolve(tmp_path: Path) -> None:
@@ -97,7 +105,7 @@ def test_repository_params_resolve(tmp_path: Path) -> None:
     bare = new_project(tmp_path / "bare", REPO_DVC_YAML, repo_params())
     listed = set(dvc(bare, "stage", "list", "--name-only").stdout.split())
     selected = {f for f, variants in repo_params()["run"].items() if variants}
-    assert listed == {"fetch", "prepare", "report"}.union(*map(family_stages, selected))
+    assert listed == data_stages().union(*map(family_stages, selected))
 
 
 def test_every_cmd_is_a_valid_reconad_call(stages: dict[str, StageView]) -> None:
@@ -106,9 +114,12 @@ def test_every_cmd_is_a_valid_reconad_call(stages: dict[str, StageView]) -> None
         argv = shlex.split(stage.cmd)
         assert argv[0] == "reconad", name
         args = parser.parse_args(argv[1:])
-        assert args.stage == name.split("_")[0], name
-        if "@" in name:
+        kind = stage_family(name)
+        assert args.stage == (kind[0] if kind else name.split("@")[0]), name
+        if kind:
             assert f"{args.variant}-{args.category}" == name.split("@")[1], name
+        elif "@" in name:
+            assert args.category == [name.split("@")[1]], name
 
 
 def test_only_sdc_training_lists_the_loss(stages: dict[str, StageView]) -> None:
@@ -212,7 +223,7 @@ def test_report_depends_on_every_evaluation(project: Path, stages: dict[str, Sta
     upstream_of_report = {source for source, target in edges if target == "report"}
     evaluations = set().union(*(matrix_stages("evaluate", f) for f in FAMILY_VARIANTS))
     assert upstream_of_report == evaluations
-    assert ("fetch", "prepare") in edges
+    assert {("fetch", f"prepare@{category}") for category in CATEGORIES} <= edges
 
 
 def test_report_metrics_and_plots_stay_in_the_workspace(stages: dict[str, StageView]) -> None:
@@ -328,3 +339,27 @@ def test_params_change_marks_only_the_stages_that_read_it(
         assert set(changed_stages(history.project)) == expected
     finally:
         write_yaml(history.project / "params.yaml", history.params)
+
+
+def lock_from_elsewhere(lock: Path) -> None:
+    """Give every hash in ``lock`` a value this project's cache has never seen, as in a
+    ``dvc.lock`` committed on another machine (the repository ships one from ``make run``)."""
+    elsewhere = lambda match: hashlib.md5(f"elsewhere {match[0]}".encode()).hexdigest()  # noqa: E731
+    lock.write_text(re.sub(r"(?<=md5: )[0-9a-f]{32}", elsewhere, lock.read_text()))
+
+
+def test_exp_run_restores_from_the_run_cache_under_a_lock_from_elsewhere(tmp_path: Path) -> None:
+    """A user pulls a new commit whose ``dvc.lock`` came from another machine, then runs
+    ``dvc exp run`` with settings this clone has run before: every stage comes back from
+    the run cache. With ``data/prepared`` as one stage output, the training stages (which
+    depend on a category folder inside it) stopped DVC 3.67 with "failed to load
+    directory ('data', 'prepared')"."""
+    params = all_families_params(REPRO_CATEGORIES[:1])
+    project = new_project(tmp_path / "project", REPO_DVC_YAML, params)
+    stub_pipeline(project, resolved_stages(project))
+    dvc(project, "repro")
+    lock_from_elsewhere(project / "dvc.lock")
+    commit_everything(project)
+    again = dvc(project, "exp", "run")
+    assert ran_stages(again) == set()
+    assert again.stdout.count("is cached - skipping run") == len(resolved_stages(project))

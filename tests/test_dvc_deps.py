@@ -147,7 +147,7 @@ def reads_by_stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[st
     params = tiny_every_family_params()
     write_yaml(workdir / "params.yaml", params)
     category = params["dataset"]["categories"][0]
-    commands = [["fetch"], ["prepare"]]
+    commands = [["fetch"], ["prepare", "--category", category]]
     for family in sorted(params["run"], key=lambda name: name == "ensemble"):
         for variant in params["run"][family]:
             for kind in ("train", "calibrate", "evaluate"):

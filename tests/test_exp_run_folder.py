@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -21,7 +20,13 @@ import pytest
 from benchmarks.dvc_stub import dvc, new_project
 
 from faults_support import make_raw_category
-from pipeline_fixtures import REPO_DVC_YAML, REPO_ROOT, tiny_every_family_params, venv_executable
+from pipeline_fixtures import (
+    REPO_DVC_YAML,
+    REPO_ROOT,
+    commit_everything,
+    tiny_every_family_params,
+    venv_executable,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +60,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(
         REPO_ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__")
     )
-    _commit_everything(project)
+    commit_everything(project)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PATH", f"{venv_executable('dvc').parent}{os.pathsep}{os.environ['PATH']}")
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
@@ -68,13 +73,6 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
         options = [part for key, value in settings.items() for part in ("-S", f"{key}={value}")]
         dvc(project, "exp", "run", *options, timeout=EXP_RUN_TIMEOUT_S)
     return project
-
-
-def _commit_everything(project: Path) -> None:
-    """``dvc exp run`` needs a commit to base the experiment on."""
-    identity = ["-c", "user.name=reconad tests", "-c", "user.email=tests@reconad.invalid"]
-    for args in (["add", "-A"], [*identity, "commit", "-q", "-m", "project"]):
-        subprocess.run(["git", *args], cwd=project, check=True, timeout=120)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS.values()))

@@ -17,7 +17,7 @@ from pipeline_fixtures import repo_params
 from reconad.config import Params, params_from_dict
 from reconad.data.layout import list_categories, load_split, scan_category
 from reconad.data.prepare import draw_validation, prepare_category, prepare_dataset
-from reconad.errors import DataError
+from reconad.errors import ConfigError, DataError
 
 BOTTLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_bottle"
 
@@ -284,6 +284,27 @@ def test_prepare_dataset_folder(tmp_path: Path) -> None:
         ("beta", "grey", 32),
     ]
     assert sorted(os.listdir(tmp_path / "prepared")) == ["alpha", "beta"]
+
+
+def test_prepare_dataset_can_prepare_one_category(tmp_path: Path) -> None:
+    """The pipeline runs one ``prepare@<category>`` stage per category."""
+    make_category(tmp_path / "mine", "alpha")
+    make_category(tmp_path / "mine", "beta")
+    params = _params(
+        1, name="folder", root=str(tmp_path / "mine"), categories=["alpha", "beta"], image_size=32
+    )
+    (report,) = prepare_dataset(params, tmp_path / "raw", tmp_path / "prepared", ["beta"])
+    assert report.category == "beta"
+    assert os.listdir(tmp_path / "prepared") == ["beta"]
+
+
+def test_prepare_dataset_refuses_a_category_the_params_do_not_list(tmp_path: Path) -> None:
+    make_category(tmp_path / "mine", "alpha")
+    params = _params(1, name="folder", root=str(tmp_path / "mine"), categories=["alpha"])
+    refused = r"^dataset\.categories: 'beta' is not one of \['alpha'\]$"
+    with pytest.raises(ConfigError, match=refused):
+        prepare_dataset(params, tmp_path / "raw", tmp_path / "prepared", ["beta"])
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_prepare_dataset_textures_keeps_the_shipped_split(tmp_path: Path) -> None:

@@ -105,7 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     stage("fetch", run_fetch, "build, download or locate the dataset (data/raw)")
-    stage("prepare", run_prepare, "validate, resize and split the dataset (data/prepared)")
+    prepare = stage(
+        "prepare", run_prepare, "validate, resize and split the dataset (data/prepared)"
+    )
+    prepare.add_argument(
+        "--category",
+        action="append",
+        help="prepare only this category (repeatable; default: every one in dataset.categories)",
+    )
     for name, handler, text in (
         ("train", run_train, "train one variant on one category"),
         ("calibrate", run_calibrate, "choose thresholds on validation normals"),
@@ -172,7 +179,7 @@ def run_prepare(args: argparse.Namespace) -> None:
     from reconad import paths
     from reconad.data.prepare import prepare_dataset
 
-    prepare_dataset(load(args), paths.RAW_DIR, paths.PREPARED_DIR)
+    prepare_dataset(load(args), paths.RAW_DIR, paths.PREPARED_DIR, args.category)
 
 
 def run_train(args: argparse.Namespace) -> None:

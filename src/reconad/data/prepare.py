@@ -48,7 +48,7 @@ from reconad.data.layout import (
     read_split,
     scan_category,
 )
-from reconad.errors import DataError
+from reconad.errors import ConfigError, DataError
 from reconad.io import atomic_dir, atomic_write_json
 from reconad.paths import SPLIT_FILE
 
@@ -141,16 +141,30 @@ def prepare_category(
     )
 
 
-def prepare_dataset(params: Params, raw_dir: Path, out_root: Path) -> list[PrepareReport]:
-    """Prepare every category of ``params.dataset`` from what ``fetch`` left in ``raw_dir``.
+def prepare_dataset(
+    params: Params, raw_dir: Path, out_root: Path, categories: Iterable[str] | None = None
+) -> list[PrepareReport]:
+    """Prepare ``categories`` of ``params.dataset`` from what ``fetch`` left in ``raw_dir``.
+
+    ``categories`` defaults to every category of the dataset; the pipeline prepares one
+    per stage (dvc.yaml says why).
 
     The ``textures`` dataset ships its own ``split.json`` per category, which is kept;
     the other datasets get a validation split drawn from ``train/good``.
+
+    Raises:
+        ConfigError: a category that ``dataset.categories`` does not list.
     """
     dataset = params.dataset
+    chosen = list(dataset.categories if categories is None else categories)
+    for category in chosen:
+        if category not in dataset.categories:
+            raise ConfigError(
+                f"dataset.categories: {category!r} is not one of {list(dataset.categories)}"
+            )
     root = source_root(params, Path(raw_dir))
     reports = []
-    for category in dataset.categories:
+    for category in chosen:
         split = read_split(root / category) if dataset.name == "textures" else None
         report = prepare_category(
             root,
