@@ -191,9 +191,7 @@ def downstream(stages: dict[str, StageView], seeds: set[str]) -> set[str]:
 def stub_pipeline(project: Path, stages: dict[str, StageView]) -> None:
     """Replace every ``cmd`` of ``project/dvc.yaml`` by the stub stage, in place.
 
-    The stub gets the stage's outs (still ``${item...}`` templates that DVC fills in) plus,
-    for a plain stage, the deps of later stages inside its outs (a folder inside
-    ``data/raw``, say), so that those deps exist.
+    The stub gets the stage's outs (still ``${item...}`` templates that DVC fills in).
     Source files the stages depend on become placeholders.
 
     Args:
@@ -205,14 +203,12 @@ def stub_pipeline(project: Path, stages: dict[str, StageView]) -> None:
     definition = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))
     every_dep = {dep for stage in stages.values() for dep in stage.deps}
     every_out = {out for stage in stages.values() for out in stage.outs}
-    for name, stage in definition["stages"].items():
+    for stage in definition["stages"].values():
         paths = [
             entry if isinstance(entry, str) else next(iter(entry))
             for key in ("outs", "metrics", "plots")
             for entry in stage.get(key, [])
         ]
-        if name in stages:
-            paths += sorted(d for d in every_dep if any(inside(d, o) for o in stages[name].outs))
         stage["cmd"] = shlex.join([sys.executable, "stub_stage.py", *paths])
     dvc_yaml.write_text(yaml.safe_dump(definition, sort_keys=False), encoding="utf-8")
     for dep in every_dep:
