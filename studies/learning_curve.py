@@ -177,7 +177,37 @@ def write_csv(points: list[Point], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot(points: list[Point], path: Path, budget_minutes: float) -> None:
+def read_csv(path: Path) -> list[Point]:
+    """The points :func:`write_csv` wrote, to plot a measured curve again without training."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    kinds = [key.removeprefix("synthetic_") for key in rows[0] if _is_synthetic_mean(key)]
+    return [
+        Point(
+            variant=row["variant"],
+            category=row["category"],
+            epoch=int(row["epoch"]),
+            steps=int(row["steps"]),
+            minutes=float(row["minutes"]),
+            image_auroc=float(row["image_auroc"]),
+            pixel_auroc=float(row["pixel_auroc"]),
+            aupro=float(row["aupro"]),
+            synthetic={
+                kind: SyntheticScore(
+                    float(row[f"synthetic_{kind}_pixel"]), float(row[f"synthetic_{kind}_image"])
+                )
+                for kind in kinds
+            },
+        )
+        for row in rows
+    ]
+
+
+def _is_synthetic_mean(column: str) -> bool:
+    return column.startswith("synthetic_") and not column.endswith(("_pixel", "_image"))
+
+
+def plot(points: list[Point], path: Path, budget_minutes: float, ymin: float = 0.4) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +230,7 @@ def plot(points: list[Point], path: Path, budget_minutes: float) -> None:
         xlabel="training minutes (2 CPU cores)",
         ylabel="test split",
         title=f"{points[0].variant} on {points[0].category}",
-        ylim=(0.4, 1.0),
+        ylim=(ymin, 1.0),
     )
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
@@ -218,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=2, help="epochs between measurements")
     parser.add_argument("--extend", type=float, default=1.0, help="last phase x this")
     parser.add_argument("--budget-minutes", type=float, default=30.0)
+    parser.add_argument("--ymin", type=float, default=0.4, help="lower end of the plot's y axis")
     parser.add_argument(
         "--defects",
         nargs="+",
@@ -225,13 +256,19 @@ def main(argv: list[str] | None = None) -> None:
         help="kinds of synthetic defects scored (training: the family's own corruption)",
     )
     parser.add_argument("--out", type=Path, default=Path("docs/quality/learning_curves"))
-    args = parser.parse_args(argv)
-    points = learning_curve(
-        args.params, args.variant, args.category, args.every, args.extend, args.defects
+    parser.add_argument(
+        "--replot", action="store_true", help="plot the CSV in --out again; train nothing"
     )
+    args = parser.parse_args(argv)
     stem = args.out / f"{args.variant}_{args.category}"
-    write_csv(points, stem.with_suffix(".csv"))
-    plot(points, stem.with_suffix(".png"), args.budget_minutes)
+    if args.replot:
+        points = read_csv(stem.with_suffix(".csv"))
+    else:
+        points = learning_curve(
+            args.params, args.variant, args.category, args.every, args.extend, args.defects
+        )
+        write_csv(points, stem.with_suffix(".csv"))
+    plot(points, stem.with_suffix(".png"), args.budget_minutes, args.ymin)
 
 
 if __name__ == "__main__":
