@@ -76,16 +76,19 @@ KNN_MEMORY_COLUMNS = (
 
 
 def run_script(name: str, flags: tuple[str, ...]) -> str:
-    """Stdout of ``benchmarks/<name>.py flags`` run by this interpreter.
+    """Stdout of ``python -m benchmarks.<name> flags`` run by this interpreter from the
+    repository, where the scripts import ``benchmarks.common``.
 
     Raises:
         SystemExit: the script failed; its stderr is shown first.
     """
-    command = [sys.executable, str(BENCH_DIR / f"{name}.py"), *flags]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    command = [sys.executable, "-m", f"benchmarks.{name}", *flags]
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=BENCH_DIR.parent
+    )
     if result.returncode:
         sys.stderr.write(result.stderr)
-        raise SystemExit(f"benchmarks/{name}.py failed with exit code {result.returncode}")
+        raise SystemExit(f"python -m benchmarks.{name} failed with exit code {result.returncode}")
     return result.stdout
 
 

@@ -8,8 +8,8 @@ search, to show that chunking keeps the working memory bounded: ours also copies
 bank once into a TensorFlow tensor (the Patch AE detector does that once per model), so
 its working memory is the peak minus one bank.
 
-    python benchmarks/knn.py                      # 50k x 64 bank, 5k queries
-    python benchmarks/knn.py --bank 200000 --chunk 2048
+    python -m benchmarks.knn                      # 50k x 64 bank, 5k queries
+    python -m benchmarks.knn --bank 200000 --chunk 2048
 
 Memory is sampled from /proc/self/statm (Linux, glibc).
 """
@@ -25,15 +25,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+from benchmarks.common import median_seconds
 from reconad.memory_bank import nearest_distances
 
 MIB = 2**20
+REPOSITORY = Path(__file__).resolve().parents[1]
+"""Where ``python -m benchmarks.<name>`` runs: benchmarks/ is a folder, not an installed package."""
 
 
 def sklearn_distances(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
@@ -49,15 +53,10 @@ def make_data(bank_size: int, queries: int, dim: int, seed: int) -> tuple[np.nda
     return np.abs(rng.standard_normal((queries, dim), dtype=np.float32)), bank
 
 
-def timed(fn: Callable[[], np.ndarray], repeat: int) -> tuple[np.ndarray, float]:
-    """The result and the best of ``repeat`` wall times: one search takes a fraction of a
-    second, so a single timing is at the mercy of whatever else the cores do (as timeit)."""
-    seconds = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        seconds.append(time.perf_counter() - start)
-    return result, min(seconds)
+def timed(fn: Callable[[], np.ndarray], repeats: int) -> tuple[np.ndarray, float]:
+    """The result and the median of ``repeats`` wall times: one search takes a fraction of
+    a second, so a single timing is at the mercy of whatever else the cores do."""
+    return fn(), median_seconds(fn, repeats, warmup=0)
 
 
 def resident_bytes() -> int:
@@ -96,11 +95,11 @@ def compare_speed(args: argparse.Namespace) -> None:
     queries, bank = make_data(args.bank, args.queries, args.dim, args.seed)
     nearest_distances(queries[:8], bank[:64], args.chunk)  # trace the tf.function once
     sklearn_distances(queries[:8], bank[:64])
-    ours, ours_time = timed(lambda: nearest_distances(queries, bank, args.chunk), args.repeat)
-    theirs, theirs_time = timed(lambda: sklearn_distances(queries, bank), args.repeat)
+    ours, ours_time = timed(lambda: nearest_distances(queries, bank, args.chunk), args.repeats)
+    theirs, theirs_time = timed(lambda: sklearn_distances(queries, bank), args.repeats)
     print(
         f"bank {args.bank} x {args.dim}, {args.queries} queries, chunk {args.chunk}, "
-        f"best of {args.repeat}"
+        f"median of {args.repeats}"
     )
     print(f"  reconad chunked TF kNN : {ours_time:10.6f} s")
     print(f"  sklearn brute force    : {theirs_time:10.6f} s")
@@ -122,10 +121,13 @@ def measure_memory(args: argparse.Namespace) -> None:
 
 def child_peak(args: argparse.Namespace, bank_size: int, sklearn: bool) -> float:
     """Peak extra memory measured in a fresh process, so runs do not share freed memory."""
-    command = [sys.executable, __file__, "--memory-child", str(bank_size), *_shared_flags(args)]
+    command = [sys.executable, "-m", "benchmarks.knn", "--memory-child", str(bank_size)]
+    command += _shared_flags(args)
     if sklearn:
         command.append("--sklearn")
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    output = subprocess.run(
+        command, check=True, capture_output=True, text=True, cwd=REPOSITORY
+    ).stdout
     return float(output.split()[-1])
 
 
@@ -163,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=64, help="vector dimension")
     parser.add_argument("--chunk", type=int, default=4096, help="reconad chunk size")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=5, help="timings; the best counts")
+    parser.add_argument("--repeats", type=int, default=5, help="timed searches (median)")
     parser.add_argument(
         "--memory-banks",
         type=int,

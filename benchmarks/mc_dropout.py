@@ -1,8 +1,8 @@
 """Cost of MC-dropout scoring: T batched passes against one deterministic pass.
 
 Builds the AESc network of an AESc variant of ``params.yaml`` (default ``aesc_stain``,
-at the active profile: ``aesc.network``) with random weights and times, once each after a
-warm-up call that traces the graphs:
+at the active profile: ``aesc.network``) with random weights and times, as the median of
+``--repeats`` calls after a warm-up call that traces the graphs:
 
 - one deterministic forward pass;
 - T MC-dropout passes as ``mc_predict`` runs them (stem once, head once on T x B);
@@ -12,13 +12,12 @@ It also prints the bound set by arithmetic alone: convolution multiply-adds of t
 once plus the head T times, over those of one pass. The deterministic pass is the
 reference of both ratios, measured in the same run. Usage::
 
-    python benchmarks/mc_dropout.py --size 128 --channels 1 --batch 8 --passes 30
+    python -m benchmarks.mc_dropout --size 128 --channels 1 --batch 8 --passes 30
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.common import median_seconds  # noqa: E402
 from reconad.config import load_params  # noqa: E402
 from reconad.errors import ConfigError  # noqa: E402
 from reconad.models.aesc import Aesc, AescNetwork, mc_predict  # noqa: E402
@@ -55,12 +55,15 @@ def main(argv: list[str] | None = None) -> None:
         for t in range(args.passes):
             full_pass(images, pass_seeds[t : t + 1]).numpy()
 
+    def timed(call: Callable[[], object]) -> float:
+        return median_seconds(call, args.repeats, warmup=1)
+
     timings = {
-        "deterministic pass": _time(lambda: network.run_model(images).numpy()),
-        f"{args.passes} batched MC passes": _time(
+        "deterministic pass": timed(lambda: network.run_model(images).numpy()),
+        f"{args.passes} batched MC passes": timed(
             lambda: mc_predict(network, images, args.passes, seed)[1].numpy()
         ),
-        f"{args.passes} naive full passes": _time(naive),
+        f"{args.passes} naive full passes": timed(naive),
     }
     stem, head = _stem_and_head_macs(network, args.size)
     widths = [network.model.get_layer(f"enc{d}_conv").filters for d in range(network.depth)]
@@ -78,14 +81,6 @@ def main(argv: list[str] | None = None) -> None:
         f"{(stem + args.passes * head) / (stem + head):6.1f}x "
         f"(stem {100 * stem / (stem + head):.1f}% of the multiply-adds)"
     )
-
-
-def _time(fn: Callable[[], object]) -> float:
-    """Seconds of one call of ``fn``, after one warm-up call."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def _stem_and_head_macs(network: AescNetwork, size: int) -> tuple[int, int]:
@@ -115,6 +110,7 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--passes", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls (median)")
     return parser.parse_args(argv)
 
 
