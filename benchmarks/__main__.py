@@ -41,10 +41,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import coreset, corruption, inference, pipeline, training  # noqa: E402
+from benchmarks.common import REPOSITORY  # noqa: E402
 from reconad import paths  # noqa: E402
 from reconad.io import atomic_write_json  # noqa: E402
 
-BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = Path("reports/bench.json")
 
 MC_DROPOUT_FLAGS = ("--size", "128", "--channels", "1", "--batch", "8", "--passes", "30")
@@ -83,9 +83,7 @@ def run_script(name: str, flags: tuple[str, ...]) -> str:
         SystemExit: the script failed; its stderr is shown first.
     """
     command = [sys.executable, "-m", f"benchmarks.{name}", *flags]
-    result = subprocess.run(
-        command, capture_output=True, text=True, check=False, cwd=BENCH_DIR.parent
-    )
+    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPOSITORY)
     if result.returncode:
         sys.stderr.write(result.stderr)
         raise SystemExit(f"python -m benchmarks.{name} failed with exit code {result.returncode}")

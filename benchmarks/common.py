@@ -5,8 +5,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+"""Where ``python -m benchmarks.<name>`` runs: benchmarks/ is a folder of the repository,
+not an installed package."""
 
 
 def random_images(count: int, size: int, seed: int, channels: int) -> np.ndarray:

@@ -25,19 +25,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from benchmarks.common import median_seconds
+from benchmarks.common import REPOSITORY, median_seconds
 from reconad.memory_bank import nearest_distances
 
 MIB = 2**20
-REPOSITORY = Path(__file__).resolve().parents[1]
-"""Where ``python -m benchmarks.<name>`` runs: benchmarks/ is a folder, not an installed package."""
 
 
 def sklearn_distances(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:

@@ -156,7 +156,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> TinyProject:
 
 
 def run_script_in_process(name: str, flags: tuple[str, ...]) -> str:
-    """What ``benchmarks/<name>.py flags`` prints, run in this process: the subprocess
+    """What ``python -m benchmarks.<name> flags`` prints, run in this process: the subprocess
     ``python -m benchmarks`` starts would spend most of its time importing TensorFlow."""
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -182,6 +182,22 @@ def figures_of(tiny_project: TinyProject) -> Callable[[str], Any]:
 def test_every_benchmark_script_is_registered() -> None:
     scripts = {path.stem for path in BENCH_DIR.glob("*.py")} - HELPERS
     assert set(bench.BENCHMARKS) == scripts
+
+
+@pytest.mark.slow
+def test_printing_benchmarks_run_as_modules_from_any_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``make bench`` starts ``knn`` (and its memory children) and ``mc_dropout`` as
+    ``python -m benchmarks.<name>``: they import ``benchmarks.common``, which only the
+    repository folder provides."""
+    monkeypatch.chdir(tmp_path)
+    text = bench.run_script(
+        "knn", ("--bank", "2000", "--queries", "200", "--dim", "8", "--memory-banks", "1000")
+    )
+    figures = bench.parse_figures(text, bench.KNN_FIGURES)
+    assert all(positive(value) for value in figures.values()), figures
+    assert len(bench.parse_knn_memory(text)) == 1
 
 
 def positive(value: Any) -> bool:
