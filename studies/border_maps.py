@@ -38,10 +38,10 @@ def border_mask(size: int, band: int) -> np.ndarray:
 def border_report(maps: np.ndarray, bands: tuple[int, ...]) -> list[str]:
     """One line per band on the maps ``(N, H, W)`` of good images."""
     mean = maps.mean(axis=0)
+    peaks = maps.reshape(len(maps), -1).argmax(axis=1)
     lines = []
     for band in bands:
         border = border_mask(maps.shape[1], band)
-        peaks = maps.reshape(len(maps), -1).argmax(axis=1)
         at_border = int(border.reshape(-1)[peaks].sum())
         ratio = mean[border].mean() / mean[~border].mean()
         lines.append(

@@ -162,10 +162,16 @@ def flat(point: Point) -> dict[str, Any]:
     row = asdict(point)
     del row["synthetic"]
     for kind, score in point.synthetic.items():
-        row[f"synthetic_{kind}"] = round(score.mean, 4)
-        row[f"synthetic_{kind}_pixel"] = round(score.pixel_auroc, 4)
-        row[f"synthetic_{kind}_image"] = round(score.image_auroc, 4)
+        mean, pixel, image = synthetic_columns(kind)
+        row[mean] = round(score.mean, 4)
+        row[pixel] = round(score.pixel_auroc, 4)
+        row[image] = round(score.image_auroc, 4)
     return row
+
+
+def synthetic_columns(kind: str) -> tuple[str, str, str]:
+    """The CSV columns of one kind of pasted defects: its mean, pixel and image AUROC."""
+    return f"synthetic_{kind}", f"synthetic_{kind}_pixel", f"synthetic_{kind}_image"
 
 
 def write_csv(points: list[Point], path: Path) -> None:
@@ -192,15 +198,15 @@ def read_csv(path: Path) -> list[Point]:
             image_auroc=float(row["image_auroc"]),
             pixel_auroc=float(row["pixel_auroc"]),
             aupro=float(row["aupro"]),
-            synthetic={
-                kind: SyntheticScore(
-                    float(row[f"synthetic_{kind}_pixel"]), float(row[f"synthetic_{kind}_image"])
-                )
-                for kind in kinds
-            },
+            synthetic={kind: _synthetic_score(row, kind) for kind in kinds},
         )
         for row in rows
     ]
+
+
+def _synthetic_score(row: dict[str, str], kind: str) -> SyntheticScore:
+    _, pixel, image = synthetic_columns(kind)
+    return SyntheticScore(float(row[pixel]), float(row[image]))
 
 
 def _is_synthetic_mean(column: str) -> bool:
