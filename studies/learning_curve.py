@@ -150,7 +150,7 @@ def learning_curve(
     model = compiled_model(params, method)
     recorder = CurveRecorder(method, seen, prepared, every, defects)
     with tempfile.TemporaryDirectory() as checkpoints:
-        fit_phases(model, method, seen, params, Path(checkpoints), [recorder])
+        fit_phases(model, method, seen, params, Path(checkpoints), extra_callbacks=[recorder])
     if not recorder.points or recorder.points[-1].epoch != recorder.epoch:
         recorder.points.append(recorder.measure())
     return recorder.points

@@ -197,8 +197,10 @@ def test_a_missing_key_is_an_error_not_a_default() -> None:
         ),
         (
             {"train__batch_size": 4},
-            "train.batch_size: unknown key (allowed: distribute, jit_compile, mixed_precision)",
+            "train.batch_size: unknown key (allowed: distribute, jit_compile, max_minutes, "
+            "mixed_precision)",
         ),
+        ({"train__max_minutes": 0}, "train.max_minutes: Input should be greater than 0"),
         (
             {"calibrate__rule": "top"},
             "calibrate.rule: Input should be 'components', 'percentile' or 'fpr'",

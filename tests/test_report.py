@@ -18,6 +18,7 @@ from reconad.report import (
     format_metrics,
     mvtec_categories,
     overview_table,
+    time_budget_note,
 )
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -36,8 +37,8 @@ TREE = {
 }
 
 
-def evaluation(variant: str, rule: str) -> Evaluation:
-    return Evaluation(variant, "brick", "residual", rule, {}, {}, [], {})
+def evaluation(variant: str, rule: str, time_budget_reached: bool = False) -> Evaluation:
+    return Evaluation(variant, "brick", "residual", rule, time_budget_reached, {}, {}, [], {})
 
 
 def test_best_of_each_column_highest_quality_lowest_cost() -> None:
@@ -87,3 +88,11 @@ def test_published_numbers_also_for_a_folder_with_mvtec_names() -> None:
     )
     assert mvtec_categories(params_from_dict(folder)) == ["bottle"]
     assert mvtec_categories(params_from_dict(raw)) == []
+
+
+def test_the_report_names_the_models_the_time_budget_stopped() -> None:
+    assert time_budget_note([evaluation("fast", "fpr")]) is None
+    note = time_budget_note([evaluation("fast", "fpr"), evaluation("good", "fpr", True)])
+    assert note is not None
+    assert "good/brick" in note
+    assert "fast/brick" not in note

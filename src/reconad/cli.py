@@ -188,10 +188,11 @@ def run_train(args: argparse.Namespace) -> None:
 
     result = train(params, args.variant, args.category)
     log.info(
-        "trained %s/%s: %d epochs -> %s",
+        "trained %s/%s: %d epochs%s -> %s",
         args.variant,
         args.category,
         result.epochs_run,
+        " (stopped by train.max_minutes)" if result.time_budget_reached else "",
         result.model_dir,
     )
 

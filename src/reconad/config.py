@@ -107,6 +107,9 @@ class TrainConfig(Section):
     distribute: Literal["none", "mirrored", "multi_worker"]
     mixed_precision: bool
     jit_compile: bool
+    max_minutes: PositiveFloat | None
+    """Wall-clock cap on one variant x category's training (``reconad.budget``); None:
+    none."""
 
 
 class ScoreConfig(Section):

@@ -72,6 +72,7 @@ def evaluate(
         "category": category,
         "primary": primary,
         "rule": calibration["rule"],
+        "time_budget_reached": bool(trained.description.get("time_budget_reached", False)),
         **results,
     }
     with atomic_dir(out_dir) as tmp:

@@ -63,6 +63,7 @@ class Evaluation:
     category: str
     primary: str
     rule: str
+    time_budget_reached: bool
     metrics: dict[str, dict[str, float]]
     curves: dict[str, Any]
     examples: list[Path]
@@ -114,6 +115,7 @@ def load_evaluation(directory: Path) -> Evaluation:
         summary["category"],
         summary["primary"],
         summary["rule"],
+        bool(summary.get("time_budget_reached", False)),
         maps,
         curves,
         examples,
@@ -230,6 +232,8 @@ def report_blocks(
         )
     )
     blocks.append(Block("table", overview_table(metrics, evaluations)))
+    if note := time_budget_note(evaluations):
+        blocks.append(Block("text", note))
     for series, per_category in metrics.items():
         blocks.append(Block("heading2", series))
         blocks.append(Block("table", metrics_table(per_category)))
@@ -266,6 +270,18 @@ def report_blocks(
         Block("code", yaml.safe_dump({k: dump[k] for k in REPORTED_PARAMS}, sort_keys=False))
     )
     return blocks
+
+
+def time_budget_note(evaluations: list[Evaluation]) -> str | None:
+    """Which models ``train.max_minutes`` stopped early, so that a reader of figures from
+    a slow machine knows they are not the full schedule's; None when none was."""
+    cut = [f"{e.variant}/{e.category}" for e in evaluations if e.time_budget_reached]
+    if not cut:
+        return None
+    return (
+        "Training stopped at its time budget (`train.max_minutes`) before the end of its "
+        f"schedule for: {', '.join(cut)}. On a faster machine these models train longer."
+    )
 
 
 def mvtec_categories(params: Params) -> list[str]:

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from reconad import paths, synthetic, tracking
+from reconad.budget import StopAtTimeBudget, TimeBudget
 from reconad.config import FitConfig, Params
 from reconad.data import orientation
 from reconad.data.layout import CategoryData, load_split
@@ -49,6 +50,7 @@ class TrainResult:
     epochs_run: int
     final_losses: dict[str, float]
     run_id: str
+    time_budget_reached: bool
 
 
 def train(
@@ -80,15 +82,17 @@ def train(
         tracking.log_params(tracking.flatten(relevant_params(params, method.family)))
         start = time.perf_counter()
         checkpoints = checkpoint_root / variant / category / run_key(params, variant, data)
-        model, epochs_run, losses = fit_network(method, data, params, checkpoints)
+        fitted = fit_network(method, data, params, checkpoints)
         with atomic_dir(out_dir / paths.MODEL_SUBDIR) as tmp:
-            method.after_training(model, data, tmp)
+            method.after_training(fitted.model, data, tmp)
             seconds = time.perf_counter() - start
-            save_model(model, method, prepared, run_id, seconds, tmp)
-        tracking.log_metrics({"training_seconds": seconds})
+            save_model(fitted.model, method, prepared, run_id, seconds, tmp, fitted.budget_reached)
+        tracking.log_metrics(
+            {"training_seconds": seconds, "time_budget_reached": float(fitted.budget_reached)}
+        )
         tracking.log_artifacts(out_dir / paths.MODEL_SUBDIR, "model")
     shutil.rmtree(checkpoints, ignore_errors=True)  # only once the model is safely saved
-    return TrainResult(out_dir, epochs_run, losses, run_id)
+    return TrainResult(out_dir, fitted.epochs, fitted.losses, run_id, fitted.budget_reached)
 
 
 def describe_input(params: Params, method: Method, colour: str | None = None) -> str:
@@ -135,22 +139,31 @@ def as_seen_by(method: Method, data: CategoryData) -> CategoryData:
     )
 
 
-def fit_network(
-    method: Method, data: CategoryData, params: Params, checkpoints: Path
-) -> tuple[keras.Model | None, int, dict[str, float]]:
-    """Build the family's network and run its phases, resumably from ``checkpoints``;
-    (model, epochs, losses)."""
+@dataclass(frozen=True)
+class Fitted:
+    """A family's network after its phases (None for a training-free family)."""
+
+    model: keras.Model | None
+    epochs: int
+    losses: dict[str, float]
+    budget_reached: bool
+    """``train.max_minutes`` ended training before its last scheduled epoch."""
+
+
+def fit_network(method: Method, data: CategoryData, params: Params, checkpoints: Path) -> Fitted:
+    """Build the family's network and run its phases, resumably from ``checkpoints``."""
     strategy = distribution_strategy(params.train.distribute)
     with strategy.scope(), dtype_policy(params.train.mixed_precision):
         model = method.build()
         if isinstance(method, TrainedMethod):
             compile_for_training(model, method, params)
     if not isinstance(method, TrainedMethod):
-        return model, 0, {}
-    epochs_run, losses = fit_phases(model, method, data, params, checkpoints)
+        return Fitted(model, 0, {}, budget_reached=False)
+    budget = TimeBudget(params.train.max_minutes, checkpoints)
+    epochs_run, losses = fit_phases(model, method, data, params, checkpoints, budget)
     if method.fit_config().precise_bn:
         precise_batch_norm(model, data.train, method.fit_config().batch_size)
-    return model, epochs_run, losses
+    return Fitted(model, epochs_run, losses, budget.reached)
 
 
 def compile_for_training(model: keras.Model, method: TrainedMethod, params: Params) -> None:
@@ -206,10 +219,13 @@ def fit_phases(
     data: CategoryData,
     params: Params,
     checkpoints: Path,
+    budget: TimeBudget | None = None,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[int, dict[str, float]]:
-    """Run every phase, skipping the ones a previous attempt finished; ``extra_callbacks``
-    watch every phase (the learning-curve benchmark evaluates through them)."""
+    """Run every phase, skipping the ones a previous attempt finished and, once
+    ``budget`` is spent, the ones left; ``extra_callbacks`` watch every phase (the
+    learning-curve benchmark evaluates through them)."""
+    budget = budget or TimeBudget(None, checkpoints)
     cfg = method.fit_config()
     augment = orientation.augmentation(params.dataset, data.category) if cfg.augment else None
     epochs_done = 0
@@ -224,6 +240,9 @@ def fit_phases(
             )
             epochs_done += phase.epochs
             continue
+        if budget.exhausted():
+            log_budget_end(budget, index, len(cfg.phases))
+            break
         log.info("phase %d: crop %d, %d epochs", index, phase.crop, phase.epochs)
         backup_dir = checkpoints / f"phase{index}"
         log_resume_point(backup_dir, index)
@@ -244,6 +263,7 @@ def fit_phases(
             shuffle=False,  # tf.data already draws random crops; Keras would only warn
             callbacks=[
                 *phase_callbacks(backup_dir, index, epochs_done, method, data, params.seed),
+                StopAtTimeBudget(budget),
                 *extra_callbacks,
             ],
             verbose=2,
@@ -252,7 +272,22 @@ def fit_phases(
         losses = {name: float(values[-1]) for name, values in history.history.items()}
         checkpoints.mkdir(parents=True, exist_ok=True)
         save_weights_atomically(model, finished)
+        if budget.reached:
+            log_budget_end(budget, index, len(cfg.phases))
+            break
     return epochs_done, losses
+
+
+def log_budget_end(budget: TimeBudget, phase: int, phases: int) -> None:
+    """Say that ``train.max_minutes`` ended training in (or before) phase ``phase``."""
+    log.warning(
+        "train.max_minutes: the %g-min budget was spent (%.1f min); training ends in "
+        "phase %d of %d (phases count from 0)",
+        budget.max_minutes,
+        budget.spent_seconds() / 60.0,
+        phase,
+        phases,
+    )
 
 
 def log_resume_point(backup_dir: Path, phase: int) -> None:
@@ -434,6 +469,7 @@ def save_model(
     run_id: str,
     seconds: float,
     directory: Path,
+    time_budget_reached: bool = False,
 ) -> None:
     """``model.keras`` (when the family has a network) plus the JSON description that
     loading needs: the family, what its network sees, what the prepared images were."""
@@ -450,6 +486,7 @@ def save_model(
             "prepared_size": prepared.image_size,
             "color": prepared.color,
             "training_seconds": round(seconds, 1),
+            "time_budget_reached": time_budget_reached,
             "mlflow_run_id": run_id,
             "params": method.params.raw(),
         },
