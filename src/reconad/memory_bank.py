@@ -101,11 +101,14 @@ def greedy_coreset(bank: np.ndarray, fraction: float, projection_dim: int, seed:
     count = max(1, min(total, round(fraction * total)))
     selected = np.empty(count, dtype=np.int64)
     selected[0] = first
-    nearest = _squared_distances_to(points, squared_norms, first)
+    nearest = np.empty(total, dtype=np.float32)
+    _squared_distances_to(points, squared_norms, first, out=nearest)
+    distances = np.empty_like(nearest)
     for step in range(1, count):
         chosen = int(np.argmax(nearest))
         selected[step] = chosen
-        np.minimum(nearest, _squared_distances_to(points, squared_norms, chosen), out=nearest)
+        _squared_distances_to(points, squared_norms, chosen, out=distances)
+        np.minimum(nearest, distances, out=nearest)
     return selected
 
 
@@ -121,10 +124,18 @@ def _projected(points: np.ndarray, dim: int, rng: np.random.Generator) -> np.nda
     return points @ matrix
 
 
-def _squared_distances_to(points: np.ndarray, squared_norms: np.ndarray, index: int) -> np.ndarray:
-    """||x_i - x_index||^2 for every i, as one matrix-vector product."""
-    distances = squared_norms - 2.0 * (points @ points[index]) + squared_norms[index]
-    return np.maximum(distances, 0.0)
+def _squared_distances_to(
+    points: np.ndarray, squared_norms: np.ndarray, index: int, out: np.ndarray
+) -> None:
+    """||x_i - x_index||^2 for every i into ``out``, as one matrix-vector product.
+
+    In place: the selection loop calls this once per selected vector on banks of ~10^6,
+    where fresh temporaries cost as much as the arithmetic."""
+    np.matmul(points, points[index], out=out)
+    out *= -2.0
+    out += squared_norms
+    out += squared_norms[index]
+    np.maximum(out, 0.0, out=out)
 
 
 def nearest_distances(
