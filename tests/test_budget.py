@@ -1,18 +1,21 @@
 """``train.max_minutes``: training stops at the first batch past the cap, later phases are
-skipped, and the time spent carries over to a resumed run."""
+skipped, a cosine learning rate reaches zero with the budget, and the time spent carries
+over to a resumed run."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline_fixtures import TINY_VARIANT, normals_only, tiny_params
-from reconad.budget import SPENT_FILE, TimeBudget
+from reconad.budget import SPENT_FILE, BudgetedCosineDecay, TimeBudget
 from reconad.config import params_from_dict
-from reconad.train import compiled_model, fit_phases, make_method
+from reconad.train import compile_for_training, fit_phases, make_method
 
 STEPS_PER_EPOCH = 3
 EPOCHS = 4
@@ -67,16 +70,44 @@ def test_a_damaged_record_counts_from_zero_with_a_warning(
     assert SPENT_FILE in caplog.text
 
 
-def _fit(tmp_path: Path, budget: TimeBudget) -> int:
+def test_without_a_budget_the_schedule_is_keras_cosine_decay_to_the_bit() -> None:
+    reference = keras.optimizers.schedules.CosineDecay(2e-3, 100)
+    for progress in (None, tf.Variable(0.0)):
+        schedule = BudgetedCosineDecay(2e-3, 100, progress=progress)
+        for step in (0, 1, 37, 99, 100, 250):
+            assert float(schedule(step)) == float(reference(step))
+
+
+def test_the_rate_follows_the_time_when_the_time_runs_out_first() -> None:
+    progress = tf.Variable(0.5)
+    schedule = BudgetedCosineDecay(2e-3, 100, progress=progress)
+    assert float(schedule(10)) == pytest.approx(1e-3)  # half the time: half the peak rate
+    assert float(schedule(80)) == pytest.approx(float(schedule.__class__(2e-3, 100)(80)))
+    progress.assign(1.0)
+    assert float(schedule(10)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_schedule_saves_and_loads_as_a_plain_cosine() -> None:
+    schedule = BudgetedCosineDecay(2e-3, 100, progress=tf.Variable(0.5))
+    loaded = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert isinstance(loaded, BudgetedCosineDecay)
+    assert loaded.progress is None
+    assert float(loaded(10)) == float(keras.optimizers.schedules.CosineDecay(2e-3, 100)(10))
+
+
+def _fit(tmp_path: Path, budget: TimeBudget) -> tuple[int, keras.Model]:
     raw = tiny_params()
-    raw["sdc_ae"]["train"].update(phases=PHASES, steps_per_epoch=STEPS_PER_EPOCH)
+    raw["sdc_ae"]["train"].update(
+        phases=PHASES, steps_per_epoch=STEPS_PER_EPOCH, lr_schedule="cosine"
+    )
     params = params_from_dict(raw, variant=TINY_VARIANT)
     method = make_method(params, TINY_VARIANT, 1)
     images = np.random.default_rng(0).random((10, 32, 32, 1), dtype=np.float32)
     data = normals_only(images[:6], val=images[6:], category="gravel")
-    model = compiled_model(params, method)
+    model = method.build()
+    compile_for_training(model, method, params, budget)
     epochs, _ = fit_phases(model, method, data, params, tmp_path, budget)
-    return epochs
+    return epochs, model
 
 
 def test_training_stops_inside_the_first_phase_and_skips_the_second(
@@ -85,9 +116,10 @@ def test_training_stops_inside_the_first_phase_and_skips_the_second(
     # The clock is read once when the budget starts and once per batch: 4 batches.
     budget = TimeBudget(minutes(4.5), tmp_path, TickingClock())
     with caplog.at_level(logging.WARNING, logger="reconad"):
-        epochs = _fit(tmp_path, budget)
+        epochs, model = _fit(tmp_path, budget)
     assert budget.reached
     assert epochs == 2, "the cap falls in the second epoch of phase 0"
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-12)
     assert (tmp_path / "phase0.weights.h5").exists()
     assert not (tmp_path / "phase1.weights.h5").exists()
     assert "train.max_minutes" in caplog.text and "phase 0 of 2" in caplog.text
@@ -96,5 +128,7 @@ def test_training_stops_inside_the_first_phase_and_skips_the_second(
 
 def test_a_budget_not_reached_runs_every_epoch(tmp_path: Path) -> None:
     budget = TimeBudget(minutes(1000), tmp_path, TickingClock())
-    assert _fit(tmp_path, budget) == 2 * EPOCHS
+    epochs, model = _fit(tmp_path, budget)
+    assert epochs == 2 * EPOCHS
     assert not budget.reached
+    assert int(model.optimizer.iterations) == 2 * EPOCHS * STEPS_PER_EPOCH

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from reconad import paths, synthetic, tracking
-from reconad.budget import StopAtTimeBudget, TimeBudget
+from reconad.budget import BudgetedCosineDecay, StopAtTimeBudget, TimeBudget
 from reconad.config import FitConfig, Params
 from reconad.data import orientation
 from reconad.data.layout import CategoryData, load_split
@@ -153,24 +153,26 @@ class Fitted:
 def fit_network(method: Method, data: CategoryData, params: Params, checkpoints: Path) -> Fitted:
     """Build the family's network and run its phases, resumably from ``checkpoints``."""
     strategy = distribution_strategy(params.train.distribute)
+    budget = TimeBudget(params.train.max_minutes, checkpoints)
     with strategy.scope(), dtype_policy(params.train.mixed_precision):
         model = method.build()
         if isinstance(method, TrainedMethod):
-            compile_for_training(model, method, params)
+            compile_for_training(model, method, params, budget)
     if not isinstance(method, TrainedMethod):
         return Fitted(model, 0, {}, budget_reached=False)
-    budget = TimeBudget(params.train.max_minutes, checkpoints)
     epochs_run, losses = fit_phases(model, method, data, params, checkpoints, budget)
     if method.fit_config().precise_bn:
         precise_batch_norm(model, data.train, method.fit_config().batch_size)
     return Fitted(model, epochs_run, losses, budget.reached)
 
 
-def compile_for_training(model: keras.Model, method: TrainedMethod, params: Params) -> None:
+def compile_for_training(
+    model: keras.Model, method: TrainedMethod, params: Params, budget: TimeBudget | None = None
+) -> None:
     """Adam (constant or cosine-decayed learning rate) and the method's loss."""
     fit = method.fit_config()
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(fit)),
+        optimizer=keras.optimizers.Adam(learning_rate(fit, budget)),
         loss=method.loss(),
         jit_compile=params.train.jit_compile,
     )
@@ -183,10 +185,14 @@ def compiled_model(params: Params, method: TrainedMethod) -> keras.Model:
     return model
 
 
-def learning_rate(fit: FitConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """``train.learning_rate``, decayed to 0 over all steps with ``lr_schedule: cosine``."""
+def learning_rate(
+    fit: FitConfig, budget: TimeBudget | None = None
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """``train.learning_rate``, decayed to 0 over all steps with ``lr_schedule: cosine``
+    (or over the time ``budget``, if that runs out first)."""
     if fit.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(fit.learning_rate, fit.total_steps())
+        progress = budget.progress if budget is not None else None
+        return BudgetedCosineDecay(fit.learning_rate, fit.total_steps(), progress=progress)
     return fit.learning_rate
 
 
