@@ -8,11 +8,12 @@ import logging
 from pathlib import Path
 
 import keras
+import mlflow
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline_fixtures import TINY_VARIANT, normals_only, tiny_params
+from pipeline_fixtures import TINY_VARIANT, in_project, normals_only, tiny_params
 from reconad.budget import SPENT_FILE, BudgetedCosineDecay, TimeBudget
 from reconad.config import params_from_dict
 from reconad.train import compile_for_training, fit_phases, make_method
@@ -106,7 +107,8 @@ def _fit(tmp_path: Path, budget: TimeBudget) -> tuple[int, keras.Model]:
     data = normals_only(images[:6], val=images[6:], category="gravel")
     model = method.build()
     compile_for_training(model, method, params, budget)
-    epochs, _ = fit_phases(model, method, data, params, tmp_path, budget)
+    with in_project(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}"), mlflow.start_run():
+        epochs, _ = fit_phases(model, method, data, params, tmp_path, budget)
     return epochs, model
 
 

@@ -158,13 +158,15 @@ def test_a_family_stage_lists_no_other_familys_profile_block(
                     for key in stages[name].params
                     if key.startswith("profiles.")
                 }
-                assert sections == {"dataset", family}, name
+                shared = {"dataset", "train"} if kind == "train" else {"dataset"}
+                assert sections == {*shared, family}, name
 
 
 def test_every_profile_has_the_blocks_the_stages_list() -> None:
     """DVC refuses a stage whose listed param is missing, under any profile."""
     for name, blocks in repo_params()["profiles"].items():
-        assert {"dataset", *(f for f in FAMILIES if f != "ensemble")} <= set(blocks), name
+        families = {f for f in FAMILIES if f != "ensemble"}
+        assert {"dataset", "train", *families} <= set(blocks), name
 
 
 def test_training_lists_only_its_own_family_blocks(stages: dict[str, StageView]) -> None:
