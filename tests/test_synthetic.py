@@ -15,6 +15,7 @@ from reconad.data.layout import CategoryData
 from reconad.errors import ConfigError
 from reconad.models.base import Scores
 from reconad.synthetic import (
+    MONITOR_IMAGES,
     SyntheticSet,
     SyntheticValidation,
     synthetic_score,
@@ -175,3 +176,11 @@ def test_the_bank_of_a_memory_family_uses_a_few_training_images(
     made = SyntheticSet(data.val[:2], np.ones((2, 32, 32), bool) & (np.arange(32) < 8))
     synthetic_score(method, None, data, made)
     assert seen == [32]
+
+
+def test_the_monitor_scores_a_few_validation_normals_whatever_the_dataset() -> None:
+    data = _data(count=MONITOR_IMAGES + 8)
+    monitor = SyntheticValidation(_method("sdc_restore"), data, seed=0)
+    np.testing.assert_array_equal(monitor.data.val, data.val[:MONITOR_IMAGES])
+    assert len(monitor.synthetic.images) == MONITOR_IMAGES
+    np.testing.assert_array_equal(monitor.data.train, data.train)

@@ -37,6 +37,11 @@ METRIC = "val_synthetic_auroc"
 BANK_IMAGES = 32
 """Training images a memory-bank family (Patch AE) banks for the score: enough to cover a
 category's normal patches, few enough to score every epoch."""
+MONITOR_IMAGES = 32
+"""Validation normals the per-epoch monitor scores, clean and with defects pasted in: the
+first of them, as :data:`BANK_IMAGES`. Enough for a steady AUROC, and an epoch's cost that
+does not grow with the dataset (the 114 validation normals of a 760-image category took
+Patch AE's epochs to 4.5 min on two cores; docs/quality.md)."""
 MASK_LEVEL = 0.25
 """Soft corruption masks (SDC-AE's blended patches) count as defective above this."""
 
@@ -125,8 +130,8 @@ class SyntheticValidation(keras.callbacks.Callback):
     def __init__(self, method: TrainedMethod, data: CategoryData, seed: int) -> None:
         super().__init__()
         self.method = method
-        self.data = data
-        self.synthetic = synthetic_set(method, data.val, seed)
+        self.data = dataclasses.replace(data, val=data.val[:MONITOR_IMAGES])
+        self.synthetic = synthetic_set(method, self.data.val, seed)
         if not self.synthetic.masks.any():
             raise ConfigError(
                 f"{method.family}.train.monitor: 'synthetic' needs defects that change "
