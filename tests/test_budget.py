@@ -42,6 +42,8 @@ def test_no_cap_is_never_exhausted(tmp_path: Path) -> None:
     budget = TimeBudget(None, tmp_path, TickingClock())
     assert not any(budget.exhausted() for _ in range(100))
     assert not budget.reached
+    budget.save()
+    assert not (tmp_path / SPENT_FILE).exists(), "no cap: no time to carry over"
 
 
 def test_the_budget_is_exhausted_from_the_cap_on(tmp_path: Path) -> None:

@@ -72,8 +72,11 @@ class TimeBudget:
         return min(seconds / (60.0 * self.max_minutes), 1.0)
 
     def save(self) -> None:
-        """Record the time spent so far, for a resumed run to start from."""
-        atomic_write_json(self._record, {"seconds": round(self.spent_seconds(), 3)})
+        """Record the time spent so far, for a resumed run to start from; without a cap
+        there is nothing to resume (a cap set later changes the run key, so that run
+        starts in a checkpoint folder of its own)."""
+        if self.max_minutes is not None:
+            atomic_write_json(self._record, {"seconds": round(self.spent_seconds(), 3)})
 
 
 class StopAtTimeBudget(keras.callbacks.Callback):
