@@ -21,11 +21,13 @@ from reconad.models.base import precise_batch_norm
 from reconad.synthetic import METRIC, SyntheticValidation
 from reconad.tracking import EpochMetricsLogger
 from reconad.train import (
+    VALIDATION_IMAGES,
     cluster_workers,
     compiled_model,
     describe_input,
     distribution_strategy,
     dtype_policy,
+    epoch_validation,
     learning_rate,
     make_method,
     phase_callbacks,
@@ -83,6 +85,15 @@ def test_the_synthetic_score_is_logged_before_early_stopping_reads_it(tmp_path: 
     assert (stopping.monitor, stopping.mode) == (METRIC, "max")
     assert kinds.index(SyntheticValidation) < kinds.index(keras.callbacks.EarlyStopping)
     assert kinds.index(SyntheticValidation) < kinds.index(EpochMetricsLogger)
+
+
+def test_the_validation_loss_of_an_epoch_is_on_a_few_normals_whatever_the_dataset() -> None:
+    method = make_method(_tiny(), "sdc_restore", 1)
+    images = np.random.default_rng(0).random((VALIDATION_IMAGES + 9, 32, 32, 1), np.float32)
+    data = normals_only(images[:4], val=images[4:], category="gravel")
+    pairs = epoch_validation(data, 8, seed=0, make_pairs=method.make_pairs)
+    targets = np.concatenate([target for _, target in pairs.as_numpy_iterator()])
+    np.testing.assert_allclose(targets[..., :1], data.val[:VALIDATION_IMAGES], atol=1 / 255)
 
 
 def _patience(variant: str) -> int:
