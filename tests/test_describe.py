@@ -45,6 +45,15 @@ def test_settings_change_what_is_described(capsys: pytest.CaptureFixture[str]) -
     assert "after 6 epochs" in described["sdc_contrast"]
 
 
+def test_the_time_cap_is_described_where_a_profile_sets_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    capped = _describe(capsys, "profile=cpu")
+    assert capped["aesc_stain"].endswith(", or 25 min (train.max_minutes)")
+    assert "max_minutes" not in capped["patchcore"]
+    assert "max_minutes" not in _describe(capsys, "profile=quick")["aesc_stain"]
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [

@@ -124,6 +124,8 @@ def describe_variant(params: Params, variant: str) -> str:
         if fit.monitor == "synthetic":
             watched += f" ({fit.synthetic_defects} defects)"
         text += f", early stopping after {fit.patience} epochs without a better {watched}"
+    if params.train.max_minutes is not None:
+        text += f", or {params.train.max_minutes:g} min (train.max_minutes)"
     return text
 
 
