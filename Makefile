@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install run test test-all bench lint clean
+.PHONY: install run test test-faults test-all bench lint clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ run: install
 ## test: the test suite without the slowest end-to-end tests
 test: install
 	$(PYTEST) -m "not slow" -q
+
+## test-faults: the slow fault tests (real signals, a full disk, determinism); CI runs them
+test-faults: install
+	$(PYTEST) -m slow -q tests/test_faults_*.py
 
 ## test-all: every test, including real training subprocesses
 test-all: install
