@@ -217,6 +217,22 @@ def test_evaluation_metrics_are_finite_probabilities(pipeline: PipelineRun) -> N
     assert metrics["min_area"] == calibration["min_area"]
 
 
+def test_every_rule_is_measured_and_the_calibrated_one_is_the_reported(
+    pipeline: PipelineRun,
+) -> None:
+    rules = pipeline.json(EVAL_DIR / "rules.json")[PRIMARY_MAP]
+    calibration = pipeline.json(MODEL_DIR / "threshold.json")
+    assert set(rules) == {"components", "fpr", "percentile"}
+    for rule, values in rules.items():
+        assert values["threshold"] == calibration["maps"][PRIMARY_MAP][rule]
+    assert rules["percentile"]["min_area"] == 1
+    reported = pipeline.json(EVAL_DIR / "metrics.json")[PRIMARY_MAP]
+    decided = rules[calibration["rule"]]
+    assert {k: reported[k] for k in decided} == decided
+    report = pipeline.path("reports/report.md").read_text(encoding="utf-8")
+    assert f"| {TINY_VARIANT} | {calibration['rule']} (decided) |" in report
+
+
 def test_evaluation_scores_every_test_image(pipeline: PipelineRun) -> None:
     rows = read_scores(pipeline)
     assert len(rows) == TEST_IMAGES

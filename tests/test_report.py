@@ -18,6 +18,7 @@ from reconad.report import (
     format_metrics,
     mvtec_categories,
     overview_table,
+    rule_table,
     time_budget_note,
 )
 
@@ -38,7 +39,7 @@ TREE = {
 
 
 def evaluation(variant: str, rule: str, time_budget_reached: bool = False) -> Evaluation:
-    return Evaluation(variant, "brick", "residual", rule, time_budget_reached, {}, {}, [], {})
+    return Evaluation(variant, "brick", "residual", rule, time_budget_reached, {}, {}, [], {}, {})
 
 
 def test_best_of_each_column_highest_quality_lowest_cost() -> None:
@@ -96,3 +97,18 @@ def test_the_report_names_the_models_the_time_budget_stopped() -> None:
     assert note is not None
     assert "good/brick" in note
     assert "fast/brick" not in note
+
+
+def test_every_rule_is_averaged_over_the_categories_and_the_deciding_one_marked() -> None:
+    def rules(tpr: float) -> dict[str, dict[str, dict[str, float]]]:
+        values = dict(tpr=tpr, tnr=1.0, tpr_tnr_mean=(tpr + 1.0) / 2, image_f1=0.5, pixel_f1=0.1)
+        return {"residual": {"components": values, "fpr": {**values, "tnr": 0.5}}}
+
+    brick = Evaluation("fast", "brick", "residual", "fpr", False, {}, {}, [], {}, rules(0.2))
+    gravel = Evaluation("fast", "gravel", "residual", "fpr", False, {}, {}, [], {}, rules(0.6))
+    header, *rows = rule_table([brick, gravel])
+    assert header == ["variant", "rule", "tpr", "tnr", "tpr_tnr_mean", "image_f1", "pixel_f1"]
+    assert rows == [
+        ["fast", "components", "0.400", "1.000", "0.700", "0.500", "0.100"],
+        ["fast", "fpr (decided)", "0.400", "0.500", "0.700", "0.500", "0.100"],
+    ]

@@ -1,6 +1,9 @@
 """The evaluate stage: score the test split, compute every metric per map, save curves
 and the best and worst examples. Thresholds come from ``threshold.json`` (validation
-normals only); test labels are used for measuring, never for choosing."""
+normals only); test labels are used for measuring, never for choosing.
+
+The decisions of the rules that did not decide are measured too (``rules.json``), so a
+user sees what another ``calibrate.rule`` would give without running the pipeline again."""
 
 from __future__ import annotations
 
@@ -16,9 +19,15 @@ import numpy as np
 from reconad import paths, tracking, visualize
 from reconad.config import Params
 from reconad.data.layout import CategoryData, load_split
-from reconad.decision import decide, decision_threshold
+from reconad.decision import RULES, decide, decision_threshold
 from reconad.io import atomic_dir, atomic_write_json, atomic_write_text
-from reconad.metrics import defect_type_metrics, evaluate_all, pro_curve, roc_curve_points
+from reconad.metrics import (
+    defect_type_metrics,
+    evaluate_all,
+    pro_curve,
+    roc_curve_points,
+    threshold_metrics,
+)
 from reconad.models.base import Scores
 from reconad.models.trained import load_trained, variant_dir
 from reconad.score import score_images
@@ -27,6 +36,7 @@ METRICS_FILE = paths.EVAL_METRICS_FILE
 CURVES_FILE = paths.EVAL_CURVES_FILE
 SCORES_FILE = paths.EVAL_SCORES_FILE
 DEFECT_TYPES_FILE = paths.EVAL_DEFECT_TYPES_FILE
+RULES_FILE = paths.EVAL_RULES_FILE
 EXAMPLES_DIR = paths.EVAL_EXAMPLES_DIR
 CURVE_POINTS = 200
 log = logging.getLogger("reconad")
@@ -80,6 +90,7 @@ def evaluate(
         atomic_write_json(tmp / CURVES_FILE, curves(scores, data, params.evaluate.max_fpr))
         atomic_write_text(tmp / SCORES_FILE, scores_table(scores, data, primary, decisions))
         atomic_write_json(tmp / DEFECT_TYPES_FILE, defect_types(scores, data, decisions))
+        atomic_write_json(tmp / RULES_FILE, every_rule(scores, data, calibration))
         save_examples(tmp / EXAMPLES_DIR, scores, data, primary, decisions[primary], params)
     run_id = trained.description.get("mlflow_run_id")
     tags = {"variant": variant, "category": category, "method": trained.description["method"]}
@@ -109,6 +120,27 @@ def map_metrics(
         max_fpr,
     )
     return {**metrics, "threshold": made.threshold, "min_area": made.min_area}
+
+
+def every_rule(
+    scores: Scores, data: CategoryData, calibration: dict[str, Any]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per map and calibration rule, the threshold and the decisions' metrics on the test
+    split: ``{map: {rule: {"threshold", "min_area", "tpr", "tnr", ...}}}``.
+
+    Every rule's threshold was set on validation normals; only reading this table to
+    pick a rule would use the test labels.
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in scores.maps:
+        out[name] = {}
+        for rule in RULES:
+            made = decision(scores, name, {**calibration, "rule": rule})
+            measured = threshold_metrics(
+                made.image_pred, data.test_labels, made.pixel_pred, data.test_masks
+            )
+            out[name][rule] = {"threshold": made.threshold, "min_area": made.min_area, **measured}
+    return out
 
 
 def defect_types(

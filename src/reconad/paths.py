@@ -27,6 +27,7 @@ EVAL_METRICS_FILE = "metrics.json"
 EVAL_CURVES_FILE = "curves.json"
 EVAL_SCORES_FILE = "scores.csv"
 EVAL_DEFECT_TYPES_FILE = "defect_types.json"
+EVAL_RULES_FILE = "rules.json"
 EVAL_EXAMPLES_DIR = "examples"
 
 
