@@ -71,7 +71,11 @@ def evaluate(
         "training_minutes": round(trained.description["training_seconds"] / 60.0, 2),
         "ms_per_image": round(1000.0 * (time.perf_counter() - start) / len(data.test), 1),
     }
-    decisions = {name: decision(scores, name, calibration) for name in trained.detector.map_names}
+    by_rule = {
+        name: {rule: decision(scores, name, {**calibration, "rule": rule}) for rule in RULES}
+        for name in trained.detector.map_names
+    }
+    decisions = {name: made[calibration["rule"]] for name, made in by_rule.items()}
     results = {
         name: {**map_metrics(scores, name, data, made, params.evaluate.max_fpr), **cost}
         for name, made in decisions.items()
@@ -90,7 +94,7 @@ def evaluate(
         atomic_write_json(tmp / CURVES_FILE, curves(scores, data, params.evaluate.max_fpr))
         atomic_write_text(tmp / SCORES_FILE, scores_table(scores, data, primary, decisions))
         atomic_write_json(tmp / DEFECT_TYPES_FILE, defect_types(scores, data, decisions))
-        atomic_write_json(tmp / RULES_FILE, every_rule(scores, data, calibration))
+        atomic_write_json(tmp / RULES_FILE, every_rule(data, by_rule))
         save_examples(tmp / EXAMPLES_DIR, scores, data, primary, decisions[primary], params)
     run_id = trained.description.get("mlflow_run_id")
     tags = {"variant": variant, "category": category, "method": trained.description["method"]}
@@ -123,7 +127,7 @@ def map_metrics(
 
 
 def every_rule(
-    scores: Scores, data: CategoryData, calibration: dict[str, Any]
+    data: CategoryData, by_rule: dict[str, dict[str, Decision]]
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Per map and calibration rule, the threshold and the decisions' metrics on the test
     split: ``{map: {rule: {"threshold", "min_area", "tpr", "tnr", ...}}}``.
@@ -131,16 +135,19 @@ def every_rule(
     Every rule's threshold was set on validation normals; only reading this table to
     pick a rule would use the test labels.
     """
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for name in scores.maps:
-        out[name] = {}
-        for rule in RULES:
-            made = decision(scores, name, {**calibration, "rule": rule})
-            measured = threshold_metrics(
-                made.image_pred, data.test_labels, made.pixel_pred, data.test_masks
-            )
-            out[name][rule] = {"threshold": made.threshold, "min_area": made.min_area, **measured}
-    return out
+    return {
+        name: {
+            rule: {
+                "threshold": made.threshold,
+                "min_area": made.min_area,
+                **threshold_metrics(
+                    made.image_pred, data.test_labels, made.pixel_pred, data.test_masks
+                ),
+            }
+            for rule, made in rules.items()
+        }
+        for name, rules in by_rule.items()
+    }
 
 
 def defect_types(
