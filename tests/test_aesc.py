@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -27,6 +28,7 @@ from reconad.models.aesc import (
     p_norm_scores,
 )
 from reconad.models.base import Scores
+from reconad.models.layers import UpsamplingConv2D
 
 FILTERS = [4, 4, 8, 8, 8, 8]
 RATES = [0.0, 0.0, 0.1, 0.2, 0.3, 0.4]
@@ -159,6 +161,58 @@ def test_skips_carry_input_detail_to_the_output() -> None:
         model = build_network(1, FILTERS, 5, [0.0] * 6, skips, seed=0)
         change[skips] = float(np.abs(model(bumped) - model(x)).sum())
     assert change[True] > 2 * change[False]
+
+
+@pytest.mark.parametrize(
+    ("kernel_size", "height", "width"), [(1, 4, 4), (3, 5, 7), (5, 6, 10), (7, 9, 3)]
+)
+def test_upsampling_conv_is_upsampling_then_conv(kernel_size: int, height: int, width: int) -> None:
+    """Same outputs and gradients as the two layers it replaces, same weights."""
+    rng = np.random.default_rng(kernel_size)
+    x = tf.constant(rng.random((2, height, width, 3), dtype=np.float32))
+    fused = UpsamplingConv2D(4, kernel_size, activation="sigmoid")
+    plain = keras.layers.Conv2D(4, kernel_size, padding="same", activation="sigmoid")
+    fused.build(x.shape)
+    plain.build((2, 2 * height, 2 * width, 3))
+    weights = [rng.normal(size=w.shape).astype(np.float32) for w in plain.get_weights()]
+    fused.set_weights(weights)
+    plain.set_weights(weights)
+
+    def outputs_and_gradients(run: Any, layer: keras.layers.Layer) -> list[np.ndarray]:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = run(x)
+            weights = tf.reshape(tf.range(tf.size(y), dtype=tf.float32), tf.shape(y))
+            loss = tf.reduce_sum(y * weights / 1e3)
+        return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    expected = outputs_and_gradients(
+        lambda images: plain(keras.layers.UpSampling2D(2)(images)), plain
+    )
+    got = outputs_and_gradients(fused, fused)
+    assert got[0].shape == (2, 2 * height, 2 * width, 4)
+    assert fused.compute_output_shape((None, height, None, 3)) == (None, 2 * height, None, 4)
+    for value, reference in zip(got, expected, strict=True):
+        np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"kernel_size": 4}, {"strides": 2}, {"padding": "valid"}, {"dilation_rate": 2}]
+)
+def test_upsampling_conv_rejects_what_it_cannot_compute(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="Expected an odd square kernel"):
+        UpsamplingConv2D(4, **{"kernel_size": 3, **kwargs})
+
+
+def test_upsampling_conv_config_round_trips() -> None:
+    layer = UpsamplingConv2D(4, 5, use_bias=False, name="dec0_conv")
+    clone = UpsamplingConv2D.from_config(layer.get_config())
+    assert (clone.filters, clone.kernel_size, clone.use_bias, clone.name) == (
+        4,
+        (5, 5),
+        False,
+        "dec0_conv",
+    )
 
 
 def test_split_follows_the_first_positive_dropout(network: AescNetwork) -> None:

@@ -62,7 +62,7 @@ from reconad.models.base import (
     TrainedMethod,
     batched_predict,
 )
-from reconad.models.layers import BN_MOMENTUM
+from reconad.models.layers import BN_MOMENTUM, UpsamplingConv2D
 
 MAP_NAMES = ("residual", "uncertainty")
 
@@ -214,32 +214,28 @@ def build_network(
     x = images
     encoded = []
     for d in range(depth):
-        x = _conv_block(x, filters[d], kernel_size, 2, f"enc{d}")
+        x = _conv_block(x, filters[d], kernel_size, f"enc{d}")
         x = McDropout(dropout[d], (seed + d) % SEED_RANGE, name=f"enc{d}_drop")(x)
         encoded.append(x)
     for d in reversed(range(depth - 1)):
-        x = keras.layers.UpSampling2D(2, name=f"dec{d}_up")(x)
-        x = _conv_block(x, filters[d], kernel_size, 1, f"dec{d}")
+        x = _conv_block(x, filters[d], kernel_size, f"dec{d}", upsample=True)
         x = McDropout(dropout[d], (seed + depth + d) % SEED_RANGE, name=f"dec{d}_drop")(x)
         if skips:
             x = keras.layers.Add(name=f"dec{d}_skip")([x, encoded[d]])
-    x = keras.layers.UpSampling2D(2, name="out_up")(x)
-    outputs = keras.layers.Conv2D(
-        channels, kernel_size, padding="same", activation="sigmoid", name="output"
-    )(x)
+    outputs = UpsamplingConv2D(channels, kernel_size, activation="sigmoid", name="output")(x)
     return keras.Model(images, outputs, name="aesc" if skips else "ae")
 
 
-def _conv_block(x: Any, filters: int, kernel_size: int, strides: int, prefix: str) -> Any:
-    """Convolution (no bias: BN's offset replaces it), batch normalisation, LeakyReLU."""
-    x = keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        name=f"{prefix}_conv",
-    )(x)
+def _conv_block(x: Any, filters: int, kernel_size: int, prefix: str, upsample: bool = False) -> Any:
+    """Stride-2 convolution (encoder) or x2 upsampling then convolution (decoder), without
+    bias (BN's offset replaces it), then batch normalisation and LeakyReLU."""
+    if upsample:
+        conv = UpsamplingConv2D(filters, kernel_size, use_bias=False, name=f"{prefix}_conv")
+    else:
+        conv = keras.layers.Conv2D(
+            filters, kernel_size, strides=2, padding="same", use_bias=False, name=f"{prefix}_conv"
+        )
+    x = conv(x)
     x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn")(x)
     return keras.layers.LeakyReLU(name=f"{prefix}_act")(x)
 
@@ -301,12 +297,11 @@ class AescNetwork:
             if self.skips and d < self.depth - 1:
                 features.append(x)
         for d in reversed(range(self.depth - 1)):
-            x = self._layer(f"dec{d}_up")(x)
             x = self._block(f"dec{d}", x)
             x = self._layer(f"dec{d}_drop").sample(x, pass_seeds)
             if self.skips:
                 x = self._layer(f"dec{d}_skip")([x, features[d]])
-        return self._layer("output")(self._layer("out_up")(x))
+        return self._layer("output")(x)
 
     def repeated_head(
         self, skips: list[tf.Tensor], top: tf.Tensor, pass_seeds: tf.Tensor
