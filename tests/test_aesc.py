@@ -215,6 +215,38 @@ def test_upsampling_conv_config_round_trips() -> None:
     )
 
 
+def _legacy_network(channels: int, filters: list[int], dropout: list[float]) -> keras.Model:
+    """AESc as saved before UpsamplingConv2D: ``dec{d}_up`` / ``out_up`` layers of their own."""
+    images = keras.Input((None, None, channels), name="image")
+    x, encoded = images, []
+    for d, width in enumerate(filters):
+        x = keras.layers.Conv2D(width, 5, strides=2, padding="same", name=f"enc{d}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"enc{d}_bn")(x)
+        x = keras.layers.LeakyReLU(name=f"enc{d}_act")(x)
+        x = McDropout(dropout[d], d, name=f"enc{d}_drop")(x)
+        encoded.append(x)
+    for d in reversed(range(len(filters) - 1)):
+        x = keras.layers.UpSampling2D(2, name=f"dec{d}_up")(x)
+        x = keras.layers.Conv2D(filters[d], 5, padding="same", name=f"dec{d}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"dec{d}_bn")(x)
+        x = keras.layers.LeakyReLU(name=f"dec{d}_act")(x)
+        x = McDropout(dropout[d], 10 + d, name=f"dec{d}_drop")(x)
+        x = keras.layers.Add(name=f"dec{d}_skip")([x, encoded[d]])
+    x = keras.layers.UpSampling2D(2, name="out_up")(x)
+    outputs = keras.layers.Conv2D(channels, 5, padding="same", name="output")(x)
+    return keras.Model(images, outputs)
+
+
+def test_models_saved_before_the_upsampling_conv_still_run_their_passes() -> None:
+    """A shipped model of an earlier version keeps its MC-dropout scoring."""
+    model = _legacy_network(1, [4, 8, 8], [0.0, 0.2, 0.2])
+    network = AescNetwork(model)
+    images = tf.constant(_images(2, 32, 1))
+    np.testing.assert_allclose(
+        network.forward(images, None), model(images, training=False), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_split_follows_the_first_positive_dropout(network: AescNetwork) -> None:
     assert network.depth == 6 and network.skips and network.stochastic
     assert network.split == 2

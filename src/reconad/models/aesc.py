@@ -255,6 +255,8 @@ class AescNetwork:
         if self.depth < 2 or "output" not in names:
             raise ValueError(f"Expected an AESc/AE model, Received: model '{model.name}'")
         self.skips = "dec0_skip" in names
+        # Models saved before UpsamplingConv2D upsample in layers of their own.
+        self.upsampling_layers = {name for name in names if name.endswith("_up")}
         encoder_rates = [self._layer(f"enc{d}_drop").rate for d in range(self.depth)]
         decoder_rates = [self._layer(f"dec{d}_drop").rate for d in range(self.depth - 1)]
         self.stochastic = max(encoder_rates + decoder_rates) > 0.0
@@ -297,11 +299,11 @@ class AescNetwork:
             if self.skips and d < self.depth - 1:
                 features.append(x)
         for d in reversed(range(self.depth - 1)):
-            x = self._block(f"dec{d}", x)
+            x = self._block(f"dec{d}", self._upsample(f"dec{d}_up", x))
             x = self._layer(f"dec{d}_drop").sample(x, pass_seeds)
             if self.skips:
                 x = self._layer(f"dec{d}_skip")([x, features[d]])
-        return self._layer("output")(x)
+        return self._layer("output")(self._upsample("out_up", x))
 
     def repeated_head(
         self, skips: list[tf.Tensor], top: tf.Tensor, pass_seeds: tf.Tensor
@@ -326,6 +328,9 @@ class AescNetwork:
         x = self._layer(f"{prefix}_conv")(x)
         x = self._layer(f"{prefix}_bn")(x, training=False)
         return self._layer(f"{prefix}_act")(x)
+
+    def _upsample(self, name: str, x: tf.Tensor) -> tf.Tensor:
+        return self._layer(name)(x) if name in self.upsampling_layers else x
 
     def _layer(self, name: str) -> Any:
         return self.model.get_layer(name)
