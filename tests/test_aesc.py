@@ -182,8 +182,8 @@ def test_upsampling_conv_is_upsampling_then_conv(kernel_size: int, height: int, 
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = run(x)
-            weights = tf.reshape(tf.range(tf.size(y), dtype=tf.float32), tf.shape(y))
-            loss = tf.reduce_sum(y * weights / 1e3)
+            ramp = tf.reshape(tf.range(tf.size(y), dtype=tf.float32), tf.shape(y))
+            loss = tf.reduce_sum(y * ramp / 1e3)
         return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
 
     expected = outputs_and_gradients(
