@@ -62,7 +62,7 @@ from reconad.models.base import (
     TrainedMethod,
     batched_predict,
 )
-from reconad.models.layers import BN_MOMENTUM, UpsamplingConv2D
+from reconad.models.layers import BN_MOMENTUM, FusedBatchNormalization, UpsamplingConv2D
 
 MAP_NAMES = ("residual", "uncertainty")
 
@@ -236,7 +236,7 @@ def _conv_block(x: Any, filters: int, kernel_size: int, prefix: str, upsample: b
             filters, kernel_size, strides=2, padding="same", use_bias=False, name=f"{prefix}_conv"
         )
     x = conv(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn")(x)
+    x = FusedBatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn")(x)
     return keras.layers.LeakyReLU(name=f"{prefix}_act")(x)
 
 

@@ -1,7 +1,7 @@
 """Keras layers of the reconstruction networks.
 
-SDC-AE's stacked dilated convolutions and Convex Combination Module, and the upsampling
-convolution of AESc's decoder.
+SDC-AE's stacked dilated convolutions and Convex Combination Module, the upsampling
+convolution of AESc's decoder, and the batch normalisation both train with.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 # Keras' default BatchNorm momentum (0.99) needs thousands of steps to forget the
 # initial moving variance of 1; quick CPU runs train for a few hundred, and
@@ -18,6 +19,56 @@ import numpy as np
 # the inference-mode output collapses to a constant. 0.9 tracks the statistics within
 # a few dozen steps.
 BN_MOMENTUM = 0.9
+
+
+@keras.saving.register_keras_serializable(package="reconad")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Keras' BatchNormalization whose training step runs TensorFlow's fused kernel.
+
+    Keras 3 normalises a training batch with separate moment, subtract and multiply ops,
+    and their gradients (Tile, Mul) with them; on a CPU that is about a quarter of
+    SDC-AE's step at 256 px, most of it in the full-resolution layers of few channels
+    (docs/quality.md). TensorFlow's ``FusedBatchNormV3`` does the forward and the
+    backward pass in one kernel each (oneDNN on a CPU, cuDNN on a GPU). The outputs, the
+    gradients and the moving statistics are Keras' own: the kernel returns the
+    Bessel-corrected batch variance, which is rescaled to the biased one Keras averages.
+    Everything the kernel does not cover (inference, masks, renorm, synchronised
+    statistics, other ranks or axes) goes through Keras unchanged.
+    """
+
+    def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
+        if not self._fusable(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        scale = self.gamma if self.scale else tf.ones((channels,))
+        offset = self.beta if self.center else tf.zeros((channels,))
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs,
+            tf.cast(scale, tf.float32),
+            tf.cast(offset, tf.float32),
+            epsilon=self.epsilon,
+            is_training=True,
+        )
+        count = tf.cast(tf.size(inputs) // channels, tf.float32)
+        variance = variance * (count - 1.0) / count
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+        )
+        return tf.cast(outputs, self.compute_dtype)
+
+    def _fusable(self, inputs: Any, training: bool | None, mask: Any) -> bool:
+        """Whether this call is a training step the fused kernel computes as Keras does."""
+        return bool(
+            training
+            and self.trainable
+            and mask is None
+            and not self.renorm
+            and not self.synchronized
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and inputs.shape[-1] is not None
+        )
 
 
 @keras.saving.register_keras_serializable(package="reconad")
@@ -64,7 +115,7 @@ class SdcBlock(keras.layers.Layer):
             )
             for index, rate in enumerate(self.dilations)
         ]
-        self.branch_norm = keras.layers.BatchNormalization(
+        self.branch_norm = FusedBatchNormalization(
             momentum=BN_MOMENTUM, dtype=self.dtype_policy, name="branch_norm"
         )
         self.fuse = keras.layers.Conv2D(
@@ -75,7 +126,7 @@ class SdcBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="fuse",
         )
-        self.fuse_norm = keras.layers.BatchNormalization(
+        self.fuse_norm = FusedBatchNormalization(
             momentum=BN_MOMENTUM, dtype=self.dtype_policy, name="fuse_norm"
         )
 

@@ -30,7 +30,12 @@ from reconad.errors import ConfigError
 from reconad.losses import OBJECTIVES, sdc_loss
 from reconad.maps import IMAGE_SCORES, box_smooth, gaussian_smooth, image_score
 from reconad.models.base import LossFn, MapScoredDetector, TrainedMethod, batched_predict
-from reconad.models.layers import BN_MOMENTUM, ConvexCombination, SdcBlock
+from reconad.models.layers import (
+    BN_MOMENTUM,
+    ConvexCombination,
+    FusedBatchNormalization,
+    SdcBlock,
+)
 
 MIN_CHANNELS = 4
 """Smallest layer width after the ``width`` multiplier."""
@@ -154,9 +159,7 @@ def _conv_bn_relu(
         )
     else:
         conv = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)
-    features = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(
-        conv(features)
-    )
+    features = FusedBatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(conv(features))
     return keras.layers.ReLU(name=f"{name}_relu")(features)
 
 
