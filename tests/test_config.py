@@ -200,7 +200,10 @@ def test_a_missing_key_is_an_error_not_a_default() -> None:
             "train.batch_size: unknown key (allowed: distribute, jit_compile, max_minutes, "
             "mixed_precision)",
         ),
-        ({"train__max_minutes": 0}, "train.max_minutes: Input should be greater than 0"),
+        (
+            {"train__max_minutes": -1},
+            "train.max_minutes: Input should be greater than or equal to 0",
+        ),
         (
             {"calibrate__rule": "top"},
             "calibrate.rule: Input should be 'components', 'percentile' or 'fpr'",

@@ -54,6 +54,16 @@ def test_the_time_cap_is_described_where_a_profile_sets_one(
     assert "max_minutes" not in _describe(capsys, "profile=quick")["aesc_stain"]
 
 
+def test_a_zero_time_cap_lifts_the_profiles_cap(capsys: pytest.CaptureFixture[str]) -> None:
+    """null takes the profile's cap, so lifting it needs a value of its own: 0."""
+    assert (
+        "max_minutes" not in _describe(capsys, "profile=cpu", "train.max_minutes=0")["aesc_stain"]
+    )
+    assert _describe(capsys, "profile=cpu", "train.max_minutes=null")["aesc_stain"].endswith(
+        ", or 25 min (train.max_minutes)"
+    )
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [

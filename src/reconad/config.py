@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from reconad.errors import ConfigError
 
@@ -107,9 +115,14 @@ class TrainConfig(Section):
     distribute: Literal["none", "mirrored", "multi_worker"]
     mixed_precision: bool
     jit_compile: bool
-    max_minutes: PositiveFloat | None
+    max_minutes: NonNegativeFloat | None
     """Wall-clock cap on one variant x category's training (``reconad.budget``); None:
-    none."""
+    none. A user's 0 reads as None: null in params.yaml already means "the profile's"."""
+
+    @field_validator("max_minutes")
+    @classmethod
+    def _zero_is_no_cap(cls, minutes: float | None) -> float | None:
+        return None if minutes == 0 else minutes
 
 
 class ScoreConfig(Section):
