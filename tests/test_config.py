@@ -18,7 +18,14 @@ import yaml
 from pydantic import ValidationError
 
 from reconad import config as config_module
-from reconad.config import REFERENCE_SIZE, Section, load_params, params_from_dict, scaled
+from reconad.config import (
+    REFERENCE_SIZE,
+    Section,
+    dotted_leaves,
+    load_params,
+    params_from_dict,
+    scaled,
+)
 from reconad.errors import ConfigError
 from reconad.models import FAMILIES, family_config
 
@@ -93,6 +100,19 @@ def test_repository_params_resolve_under_every_profile(profile: str) -> None:
                 else params.dataset.image_size
             )
             assert method.image_size == expected
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_value_a_repository_profile_sets_is_the_one_used(profile: str) -> None:
+    """A profile only fills nulls, so a key the repository's params.yaml also sets outside
+    the profile makes the profile's line dead: the cpu profile's AESc batch of 4 was, and
+    the runs it was chosen for trained at the base's batch of 8."""
+    resolved = params_from_dict(changed(profile=profile)).raw()
+    for key, value in dotted_leaves(repo_raw()["profiles"][profile] or {}).items():
+        node: Any = resolved
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, f"profiles.{profile}.{key} is set outside the profile too"
 
 
 # --- defaults come from params.yaml only --------------------------------------------------
