@@ -8,6 +8,7 @@ repository's params.yaml resolves and validates under every profile.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -503,6 +504,17 @@ def test_an_explicit_value_in_the_file_wins_over_the_profile(profile: str) -> No
     assert [(phase.crop, phase.epochs) for phase in sdc.train.phases] == [(32, 1)]
     # the keys left null are still filled by that profile
     assert sdc.network.dilations == raw["profiles"][profile]["sdc_ae"]["network"]["dilations"]
+
+
+def test_a_value_that_wins_over_the_profile_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A profile line that never applies is said, not silent (the cpu profile's AESc batch
+    of 4 went unused for a day); the repository's own params shadow nothing."""
+    with caplog.at_level(logging.INFO, logger="reconad"):
+        params_from_dict(changed(profile="cpu"))
+        assert "wins over" not in caplog.text
+        params = params_from_dict(changed(profile="cpu", aesc__train__batch_size=16))
+    assert params.family("aesc").train.batch_size == 16
+    assert "aesc.train.batch_size: 16 wins over profiles.cpu's 4" in caplog.text
 
 
 def test_a_value_set_by_a_variant_wins_over_the_profile() -> None:

@@ -14,7 +14,7 @@ Three layers make the values a stage sees, in this order:
    the SDC-AE family with ``loss.objective: contrast``);
 3. ``profiles.<profile>``: the sizes and schedules of a profile (``quick``, ``cpu``,
    ``paper``). A profile only fills the values left ``null`` by the two layers above, so
-   a value a user sets always wins over the profile.
+   a value a user sets always wins over the profile (and the log says so).
 
 Validation happens after all three, so an override cannot smuggle in a bad value. Any
 error is reported as one line naming the key and the allowed values.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +41,8 @@ from pydantic import (
 )
 
 from reconad.errors import ConfigError
+
+log = logging.getLogger("reconad")
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -426,7 +429,11 @@ def _apply_profile(raw: dict[str, Any], path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: profile: unknown profile '{profile}' (allowed: {known})")
     values = dotted_leaves(profiles[profile] or {})
     origin = f"profiles.{profile}"
-    unset = {key: value for key, value in values.items() if _lookup(raw, key, origin, path) is None}
+    current = {key: _lookup(raw, key, origin, path) for key in values}
+    for key, value in values.items():
+        if current[key] not in (None, value):
+            log.info("%s: %r wins over %s's %r", key, current[key], origin, value)
+    unset = {key: value for key, value in values.items() if current[key] is None}
     return apply_overrides(raw, unset, origin, path)
 
 
