@@ -106,8 +106,8 @@ def test_repository_params_resolve_under_every_profile(profile: str) -> None:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_value_a_repository_profile_sets_is_the_one_used(profile: str) -> None:
     """A profile only fills nulls, so a key the repository's params.yaml also sets outside
-    the profile makes the profile's line dead: the cpu profile's AESc batch of 4 was, and
-    the runs it was chosen for trained at the base's batch of 8."""
+    the profile makes the profile's line dead: the cpu profile's AESc batch of 4 was for a
+    day, and its runs trained at the base's batch of 8."""
     resolved = params_from_dict(changed(profile=profile)).raw()
     for key, value in dotted_leaves(repo_raw()["profiles"][profile] or {}).items():
         node: Any = resolved
