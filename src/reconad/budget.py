@@ -5,14 +5,19 @@ the same steps overrun the profile's time budget (docs/quality.md measured 2.7x 
 two machines of this project), so the ``cpu`` profile also caps the time itself: training
 stops at the first batch that ends past the cap, runs that epoch's validation and keeps
 its weights (or the best epoch's, where early stopping keeps them); later phases are
-skipped. A cosine learning rate decays over whichever runs out first, the steps or the
-time (:class:`BudgetedCosineDecay`), so a run cut by the cap still ends at a rate near
-zero instead of halfway down the cosine. On a machine fast enough the cap is never
-reached and the run is the same as without it, to the bit.
+skipped.
+
+A cosine learning rate follows the steps, exactly as Keras' ``CosineDecay``, until the
+run is projected to overrun the cap. From then on the rest of the cosine is spread over
+the steps the time left allows (:class:`Pace`), so a run cut by the cap still ends at a
+rate near zero instead of halfway down the cosine. The projection is made at the end of
+an epoch from that epoch's time per step (validation included), never from the first
+epoch of a phase, which includes building and tracing. So the clock decides nothing in
+a run that fits the cap: it trains as without the cap, to the bit, and repeats.
 
 The time is summed over interrupted and resumed runs: it is saved beside the
-checkpoints at the end of every epoch, so a run killed at minute 20 of 25 resumes with
-5 minutes left.
+checkpoints at the end of every epoch, with the pace, so a run killed at minute 20 of 25
+resumes with 5 minutes left and the learning rate where it was.
 """
 
 from __future__ import annotations
@@ -30,8 +35,50 @@ import tensorflow as tf
 from reconad.io import atomic_write_json
 
 SPENT_FILE = "time_spent.json"
-"""Where the seconds already spent are kept, inside a run's checkpoint folder."""
+"""Where the seconds already spent (and the pace) are kept, inside a run's checkpoint
+folder."""
+PACE_KEYS = ("start_step", "start_share", "end_step")
 log = logging.getLogger("reconad")
+
+
+class Pace:
+    """How far along the cosine a step is, as a share of its ``decay_steps``.
+
+    Unaimed, the share is ``step / decay_steps``: Keras' schedule. Once :meth:`aim` is
+    called, the share left at that step is spread linearly over the steps up to the
+    projected last one, so the share is continuous and never decreases. The state lives
+    in variables, which the compiled training step reads.
+    """
+
+    def __init__(
+        self, start_step: float = 0.0, start_share: float = 0.0, end_step: float | None = None
+    ) -> None:
+        self.aimed = tf.Variable(end_step is not None, trainable=False, name="pace_aimed")
+        self.start_step = tf.Variable(start_step, trainable=False, dtype=tf.float32)
+        self.start_share = tf.Variable(start_share, trainable=False, dtype=tf.float32)
+        self.end_step = tf.Variable(end_step or 0.0, trainable=False, dtype=tf.float32)
+
+    def steps_at(self, step: Any, decay_steps: Any) -> Any:
+        """The step the cosine is evaluated at: ``step`` itself until aimed."""
+        steps = keras.ops.cast(step, "float32")
+        decay = keras.ops.cast(decay_steps, "float32")
+        span = keras.ops.maximum(self.end_step - self.start_step, 1.0)
+        share = self.start_share + (1.0 - self.start_share) * (steps - self.start_step) / span
+        return keras.ops.where(self.aimed, share * decay, steps)
+
+    def aim(self, step: int, end_step: float, decay_steps: int) -> None:
+        """Reach the end of the cosine at ``end_step``, from where it is at ``step``."""
+        share = float(self.steps_at(step, decay_steps)) / decay_steps
+        self.start_step.assign(float(step))
+        self.start_share.assign(min(share, 1.0))
+        self.end_step.assign(float(end_step))
+        self.aimed.assign(True)
+
+    def state(self) -> dict[str, float]:
+        """The keyword arguments that restore this pace (none while unaimed)."""
+        if not bool(self.aimed):
+            return {}
+        return {key: float(getattr(self, key)) for key in PACE_KEYS}
 
 
 class TimeBudget:
@@ -46,85 +93,99 @@ class TimeBudget:
         self.max_minutes = max_minutes
         self._record = checkpoints / SPENT_FILE
         self._clock = clock
-        self._spent_before = _spent_in(self._record)
+        before = _record_in(self._record)
+        self._spent_before = float(before.get("seconds", 0.0))
         self._started = clock()
         self.reached = False
-        self.progress = tf.Variable(
-            self._share(self._spent_before), trainable=False, dtype=tf.float32, name="time_spent"
-        )
-        """Share of the budget spent, in [0, 1] (0 without a cap), as the learning-rate
-        schedule reads it inside the compiled training step."""
+        self.pace = Pace(**before.get("pace", {}))
+        """Where the learning-rate schedule is, as :class:`BudgetedCosineDecay` reads it."""
 
     def spent_seconds(self) -> float:
         return self._spent_before + self._clock() - self._started
 
     def exhausted(self) -> bool:
-        """Read the clock once: update :attr:`progress` and say whether the cap is
-        reached (true from the first call past it on, remembered in :attr:`reached`)."""
-        share = self._share(self.spent_seconds())
-        self.progress.assign(share)
-        self.reached = self.reached or share >= 1.0
+        """Read the clock once and say whether the cap is reached (true from the first
+        call past it on, remembered in :attr:`reached`)."""
+        if self.max_minutes is not None:
+            self.reached = self.reached or self.spent_seconds() >= 60.0 * self.max_minutes
         return self.reached
 
-    def _share(self, seconds: float) -> float:
-        if self.max_minutes is None:
-            return 0.0
-        return min(seconds / (60.0 * self.max_minutes), 1.0)
+    def plan(self, step: int, seconds_per_step: float, total_steps: int) -> None:
+        """Aim the cosine at the last step the time left allows, once that comes before
+        ``total_steps``; re-aim at every later call, as step times change with the crop."""
+        if self.max_minutes is None or seconds_per_step <= 0.0:
+            return
+        left = max(60.0 * self.max_minutes - self.spent_seconds(), 0.0)
+        last = step + left / seconds_per_step
+        if last < total_steps or bool(self.pace.aimed):
+            self.pace.aim(step, min(last, total_steps), total_steps)
 
     def save(self) -> None:
-        """Record the time spent so far, for a resumed run to start from; without a cap
-        there is nothing to resume (a cap set later changes the run key, so that run
-        starts in a checkpoint folder of its own)."""
+        """Record the time spent so far and the pace, for a resumed run to start from;
+        without a cap there is nothing to resume (a cap set later changes the run key,
+        so that run starts in a checkpoint folder of its own)."""
         if self.max_minutes is not None:
-            atomic_write_json(self._record, {"seconds": round(self.spent_seconds(), 3)})
+            record = {"seconds": round(self.spent_seconds(), 3), "pace": self.pace.state()}
+            atomic_write_json(self._record, record)
 
 
 class StopAtTimeBudget(keras.callbacks.Callback):
-    """Ends ``fit`` after the batch that exhausts the budget; saves the time spent at
-    every epoch end."""
+    """Ends ``fit`` after the batch that exhausts the budget; at every epoch end, saves
+    the time spent and, from the second epoch of a phase on, projects from the time per
+    step since the last epoch end whether the steps left fit the time left."""
 
-    def __init__(self, budget: TimeBudget) -> None:
+    def __init__(self, budget: TimeBudget, total_steps: int) -> None:
         super().__init__()
         self.budget = budget
+        self.total_steps = total_steps
+        self._last_epoch_end: tuple[float, int] | None = None
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.budget.exhausted():
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        seconds, step = self.budget.spent_seconds(), int(self.model.optimizer.iterations)
+        if self._last_epoch_end is not None:
+            last_seconds, last_step = self._last_epoch_end
+            if step > last_step:
+                per_step = (seconds - last_seconds) / (step - last_step)
+                self.budget.plan(step, per_step, self.total_steps)
+        self._last_epoch_end = (seconds, step)
         self.budget.save()
 
 
 @keras.saving.register_keras_serializable(package="reconad")
 class BudgetedCosineDecay(keras.optimizers.schedules.CosineDecay):
-    """Keras' cosine decay, at the step or at the share of the time budget spent times
-    ``decay_steps``, whichever is further along.
+    """Keras' cosine decay at the step :class:`Pace` gives: the step itself, unless the
+    time budget is projected to run out before ``decay_steps``.
 
-    Where the steps end first (a fast machine) the rate is Keras' ``CosineDecay`` exactly;
-    where the budget ends first the rate reaches zero with it. ``progress`` is not saved
-    with the model: a reloaded schedule is a plain cosine.
+    ``pace`` is not saved with the model: a reloaded schedule is a plain cosine.
     """
 
-    def __init__(self, *args: Any, progress: tf.Variable | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, pace: Pace | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.progress = progress
+        self.pace = pace
 
     def __call__(self, step: Any) -> Any:
-        if self.progress is None:
+        if self.pace is None:
             return super().__call__(step)
-        steps = keras.ops.cast(step, "float32")
-        by_time = self.progress * keras.ops.cast(self.decay_steps, "float32")
-        return super().__call__(keras.ops.maximum(steps, by_time))
+        return super().__call__(self.pace.steps_at(step, self.decay_steps))
 
 
-def _spent_in(record: Path) -> float:
-    """Seconds a previous attempt spent; 0 when there was none. A damaged record (a kill
-    during the write) also counts as 0, with a warning: the budget may then be overrun
+def _record_in(record: Path) -> dict[str, Any]:
+    """What a previous attempt spent; empty when there was none. A damaged record (a kill
+    during the write) also counts as none, with a warning: the budget may then be overrun
     by at most the time lost, never cut short."""
     if not record.exists():
-        return 0.0
+        return {}
     try:
-        return float(json.loads(record.read_text(encoding="utf-8"))["seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        pace = saved.get("pace") or {}
+        return {
+            "seconds": float(saved["seconds"]),
+            "pace": {key: float(pace[key]) for key in PACE_KEYS} if pace else {},
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         log.warning("%s: unreadable; the time budget counts from 0 again", record)
-        return 0.0
+        return {}

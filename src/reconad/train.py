@@ -191,10 +191,10 @@ def learning_rate(
     fit: FitConfig, budget: TimeBudget | None = None
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """``train.learning_rate``, decayed to 0 over all steps with ``lr_schedule: cosine``
-    (or over the time ``budget``, if that runs out first)."""
+    (or over the steps the time ``budget`` allows, once it is projected to run out first)."""
     if fit.lr_schedule == "cosine":
-        progress = budget.progress if budget is not None else None
-        return BudgetedCosineDecay(fit.learning_rate, fit.total_steps(), progress=progress)
+        pace = budget.pace if budget is not None else None
+        return BudgetedCosineDecay(fit.learning_rate, fit.total_steps(), pace=pace)
     return fit.learning_rate
 
 
@@ -271,7 +271,7 @@ def fit_phases(
             shuffle=False,  # tf.data already draws random crops; Keras would only warn
             callbacks=[
                 *phase_callbacks(backup_dir, index, epochs_done, method, data, params.seed),
-                StopAtTimeBudget(budget),
+                StopAtTimeBudget(budget, cfg.total_steps()),
                 *extra_callbacks,
             ],
             verbose=2,
