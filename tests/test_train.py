@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
+import reconad.train
 from pipeline_fixtures import REPO_PARAMS, TINY_CATEGORY, TINY_VARIANT, normals_only, tiny_params
 from reconad.config import Params, apply_overrides, load_params, params_from_dict
 from reconad.data.layout import CategoryData
@@ -23,6 +24,7 @@ from reconad.tracking import EpochMetricsLogger
 from reconad.train import (
     VALIDATION_IMAGES,
     cluster_workers,
+    code_fingerprint,
     compiled_model,
     describe_input,
     distribution_strategy,
@@ -270,6 +272,26 @@ def test_the_resume_key_changes_with_the_pixels_and_the_variant() -> None:
     assert run_key(params, TINY_VARIANT, _data()) == key
     assert run_key(params, TINY_VARIANT, _data(seed=1)) != key
     assert run_key(params, "sdc_contrast", _data()) != key
+
+
+def test_the_resume_key_changes_with_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = run_key(_tiny(), TINY_VARIANT, _data())
+    monkeypatch.setattr(reconad.train, "code_fingerprint", lambda package: "edited")
+    assert run_key(_tiny(), TINY_VARIANT, _data()) != key
+
+
+def test_the_code_fingerprint_covers_every_source_file_by_path(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "net.py").write_text("WIDTH = 1\n", encoding="utf-8")
+    (tmp_path / "README.txt").write_text("not code", encoding="utf-8")
+    before = code_fingerprint.__wrapped__(tmp_path)
+    (tmp_path / "README.txt").write_text("still not code", encoding="utf-8")
+    assert code_fingerprint.__wrapped__(tmp_path) == before
+    (tmp_path / "models" / "net.py").write_text("WIDTH = 2\n", encoding="utf-8")
+    assert code_fingerprint.__wrapped__(tmp_path) != before
+    (tmp_path / "models" / "net.py").rename(tmp_path / "net.py")
+    (tmp_path / "net.py").write_text("WIDTH = 1\n", encoding="utf-8")
+    assert code_fingerprint.__wrapped__(tmp_path) != before
 
 
 def test_precise_batch_norm_sets_the_mean_of_every_batch_statistic() -> None:

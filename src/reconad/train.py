@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -41,6 +42,8 @@ from reconad.models.trained import variant_dir
 
 CHECKPOINT_ROOT = Path(".reconad/checkpoints")
 BACKUP_METADATA = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
+PACKAGE_ROOT = Path(__file__).parent
+"""The code a checkpoint was trained by is part of its key (:func:`run_key`)."""
 log = logging.getLogger("reconad")
 
 
@@ -464,15 +467,28 @@ def relevant_params(params: Params, family: str) -> dict[str, Any]:
 
 
 def run_key(params: Params, variant: str, data: CategoryData) -> str:
-    """A hash of everything that determines the trained weights."""
+    """A hash of everything that determines the trained weights, the package's code
+    included: DVC re-runs a training stage when its code changes, and that run must not
+    resume from an epoch the old code trained."""
     payload = {
         "variant": variant,
         "category": data.category,
         "params": relevant_params(params, params.variant(variant).method),
         "data": data_fingerprint(data),
+        "code": code_fingerprint(PACKAGE_ROOT),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@functools.cache
+def code_fingerprint(package: Path) -> str:
+    """A hash of every Python source file under ``package``, by relative path."""
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
 
 
 def data_fingerprint(data: CategoryData) -> str:
