@@ -507,11 +507,23 @@ def test_a_value_that_wins_over_the_profile_is_logged(caplog: pytest.LogCaptureF
     """A profile line that never applies is said, not silent (the cpu profile's AESc batch
     of 4 went unused for a day); the repository's own params shadow nothing."""
     with caplog.at_level(logging.INFO, logger="reconad"):
-        params_from_dict(changed(profile="cpu"))
+        params_from_dict(changed(profile="cpu"), "aesc_stain")
         assert "wins over" not in caplog.text
-        params = params_from_dict(changed(profile="cpu", aesc__train__batch_size=16))
+        params = params_from_dict(changed(profile="cpu", aesc__train__batch_size=16), "aesc_stain")
     assert params.family("aesc").train.batch_size == 16
     assert "aesc.train.batch_size: 16 wins over profiles.cpu's 4" in caplog.text
+
+
+@pytest.mark.parametrize("variant", [None, "sdc_restore", "patch_ae"])
+def test_a_value_that_wins_over_the_profile_is_logged_only_where_it_is_read(
+    variant: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fetch, prepare and the other families' stages do not repeat AESc's line."""
+    raw = changed(profile="cpu", aesc__train__batch_size=16, train__max_minutes=10)
+    with caplog.at_level(logging.INFO, logger="reconad"):
+        params_from_dict(raw, variant)
+    assert "aesc.train.batch_size" not in caplog.text
+    assert "train.max_minutes: 10 wins over profiles.cpu's 25" in caplog.text
 
 
 def test_a_value_set_by_a_variant_wins_over_the_profile() -> None:

@@ -401,9 +401,11 @@ def params_from_dict(
 ) -> Params:
     """:func:`load_params` for the content of a params file; ``path`` names it in errors."""
     path = Path(path)
+    family = None
     if variant is not None:
         raw = _apply_variant(raw, variant, path)
-    return _validate(_apply_profile(raw, path), path)
+        family = raw["variants"][variant].get("method")
+    return _validate(_apply_profile(raw, path, family), path)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -420,8 +422,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _apply_profile(raw: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Fill every null the active profile has a value for."""
+def _apply_profile(raw: dict[str, Any], path: Path, family: str | None) -> dict[str, Any]:
+    """Fill every null the active profile has a value for; log the values that win over
+    the profile's where the stage reads them: the shared sections, and ``family``'s
+    block (a stage of another family, or of none, does not repeat them)."""
     profile = raw.get("profile")
     profiles = raw.get("profiles")
     if not isinstance(profiles, dict) or profile not in profiles:
@@ -431,10 +435,17 @@ def _apply_profile(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     origin = f"profiles.{profile}"
     current = {key: _lookup(raw, key, origin, path) for key in values}
     for key, value in values.items():
-        if current[key] not in (None, value):
+        if current[key] not in (None, value) and _read_by(key, family):
             log.info("%s: %r wins over %s's %r", key, current[key], origin, value)
     unset = {key: value for key, value in values.items() if current[key] is None}
     return apply_overrides(raw, unset, origin, path)
+
+
+def _read_by(key: str, family: str | None) -> bool:
+    """Whether a stage of ``family`` (None: of no family) reads dotted ``key``."""
+    from reconad.models import block_owner
+
+    return block_owner(key.split(".")[0]) in (None, family)
 
 
 def dotted_leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
