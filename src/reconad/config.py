@@ -404,7 +404,7 @@ def params_from_dict(
     family = None
     if variant is not None:
         raw = _apply_variant(raw, variant, path)
-        family = raw["variants"][variant].get("method")
+        family = (raw["variants"][variant] or {}).get("method")
     return _validate(_apply_profile(raw, path, family), path)
 
 
