@@ -145,7 +145,8 @@ class StopAtTimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        seconds, step = self.budget.spent_seconds(), int(self.model.optimizer.iterations)
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))  # mirrored too
+        seconds = self.budget.spent_seconds()
         if self._last_epoch_end is not None:
             last_seconds, last_step = self._last_epoch_end
             if step > last_step:
