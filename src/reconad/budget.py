@@ -93,11 +93,10 @@ class TimeBudget:
         self.max_minutes = max_minutes
         self._record = checkpoints / SPENT_FILE
         self._clock = clock
-        before = _record_in(self._record)
-        self._spent_before = float(before.get("seconds", 0.0))
+        self._spent_before, pace = _record_in(self._record)
         self._started = clock()
         self.reached = False
-        self.pace = Pace(**before.get("pace", {}))
+        self.pace = Pace(**pace)
         """Where the learning-rate schedule is, as :class:`BudgetedCosineDecay` reads it."""
 
     def spent_seconds(self) -> float:
@@ -174,19 +173,17 @@ class BudgetedCosineDecay(keras.optimizers.schedules.CosineDecay):
         return super().__call__(self.pace.steps_at(step, self.decay_steps))
 
 
-def _record_in(record: Path) -> dict[str, Any]:
-    """What a previous attempt spent; empty when there was none. A damaged record (a kill
-    during the write) also counts as none, with a warning: the budget may then be overrun
-    by at most the time lost, never cut short."""
+def _record_in(record: Path) -> tuple[float, dict[str, float]]:
+    """The seconds a previous attempt spent and its pace; 0 and an unaimed pace when there
+    was none. A damaged record (a kill during the write) also counts as none, with a
+    warning: the budget may then be overrun by at most the time lost, never cut short."""
     if not record.exists():
-        return {}
+        return 0.0, {}
     try:
         saved = json.loads(record.read_text(encoding="utf-8"))
         pace = saved.get("pace") or {}
-        return {
-            "seconds": float(saved["seconds"]),
-            "pace": {key: float(pace[key]) for key in PACE_KEYS} if pace else {},
-        }
+        restored = {key: float(pace[key]) for key in PACE_KEYS} if pace else {}
+        return float(saved["seconds"]), restored
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         log.warning("%s: unreadable; the time budget counts from 0 again", record)
-        return {}
+        return 0.0, {}
