@@ -147,7 +147,7 @@ def learning_curve(
     if not isinstance(method, TrainedMethod):
         raise SystemExit(f"{variant}: a {method.family} variant is not trained")
     seen = as_seen_by(method, prepared)
-    model = compiled_model(params, method)
+    model = compiled_model(params, method, seen)
     recorder = CurveRecorder(method, seen, prepared, every, defects)
     with tempfile.TemporaryDirectory() as checkpoints:
         fit_phases(model, method, seen, params, Path(checkpoints), extra_callbacks=[recorder])

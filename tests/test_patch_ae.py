@@ -23,13 +23,14 @@ from reconad.models.patch_ae import (
     COMPRESS,
     DECODER,
     REPRESENTATION,
+    SHIFT_MARGIN,
     DepthToSpace,
     PatchAe,
     PointwiseIdentity,
-    SignSplitOrthogonal,
     encoder,
     hybrid_patch_loss,
 )
+from reconad.train import compiled_model
 
 C3 = 4
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -373,23 +374,54 @@ def _code_of(model: keras.Model, features: np.ndarray) -> np.ndarray:
     return model.get_layer(REPRESENTATION)(compressed).numpy()
 
 
-def test_orthogonal_compression_keeps_the_distances_of_the_features() -> None:
-    """With as many directions as feature channels, the untrained code is an isometry:
-    the memory bank starts from the distances PatchCore scores."""
+def _features_of(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """The backbone features the compression of ``model`` reads, one row per patch."""
+    features = keras.Model(model.input, model.get_layer(COMPRESS).input)(images).numpy()
+    return features.reshape(-1, features.shape[-1])
+
+
+def test_orthogonal_compression_keeps_the_distances_of_the_training_features() -> None:
+    """With as many channels as feature channels, the initialised code is an isometry of
+    every training patch: the memory bank starts from the distances PatchCore scores."""
     keras.utils.set_random_seed(3)
     feature_channels = 256 + 512  # block3_conv3 + block4_conv3
-    model = _method(1, **{"network.compressed_channels": 2 * feature_channels}).build()
-    features = np.random.default_rng(4).normal(size=(2, 3, 3, feature_channels))
-    codes = _code_of(model, features.astype(np.float32)).reshape(-1, 2 * feature_channels)
-    flat = features.reshape(-1, feature_channels)
-    np.testing.assert_allclose(
-        distance.pdist(codes) / distance.pdist(flat),
-        1.0,
-        atol=0.3,  # opposite signs of one direction shrink its difference, never grow it
-    )
-    np.testing.assert_allclose(
-        np.linalg.norm(codes, axis=-1), np.linalg.norm(flat, axis=-1), rtol=1e-4
-    )
+    method = _method(1, **{"network.compressed_channels": feature_channels})
+    model = method.build()
+    images = _images(3, 32, 1, seed=4)
+    method.initialise(model, _data(images))
+    features = _features_of(model, images)
+    codes = encoder(model)(images).numpy().reshape(-1, feature_channels)
+    assert codes.min() > 0  # no coordinate is cut by either ReLU
+    np.testing.assert_allclose(distance.pdist(codes), distance.pdist(features), rtol=1e-4)
+
+
+def test_the_shift_leaves_a_margin_below_the_lowest_training_code() -> None:
+    keras.utils.set_random_seed(3)
+    method = _method(1)
+    model = method.build()
+    images = _images(4, 32, 1, seed=5)
+    method.initialise(model, _data(images))
+    compress = model.get_layer(COMPRESS)
+    kernel, bias = (weights for weights in compress.get_weights())
+    projected = _features_of(model, images) @ kernel[0, 0]
+    low, high = projected.min(axis=0), projected.max(axis=0)
+    np.testing.assert_allclose(low + bias, SHIFT_MARGIN * (high - low), rtol=1e-4, atol=1e-5)
+
+
+def test_a_glorot_code_is_not_shifted() -> None:
+    keras.utils.set_random_seed(3)
+    method = _method(1, **{"network.compression_init": "glorot"})
+    model = method.build()
+    method.initialise(model, _data(_images(2, 32, 1, seed=5)))
+    np.testing.assert_array_equal(model.get_layer(COMPRESS).get_weights()[1], np.zeros(C3))
+
+
+def test_the_network_training_starts_from_has_the_shifted_code() -> None:
+    """``fit_network`` builds through ``compiled_model``, which initialises from the data."""
+    keras.utils.set_random_seed(3)
+    method = _method(1)
+    model = compiled_model(method.params, method, _data(_images(2, 32, 1, seed=5)))
+    assert (model.get_layer(COMPRESS).get_weights()[1] != 0).all()
 
 
 def test_second_compression_layer_starts_random_with_glorot_and_as_identity_otherwise() -> None:
@@ -402,16 +434,6 @@ def test_second_compression_layer_starts_random_with_glorot_and_as_identity_othe
     np.testing.assert_array_equal(orthogonal, np.eye(C3))
 
 
-def test_orthogonal_compression_needs_an_even_code() -> None:
-    with pytest.raises(ConfigError, match=r"patch_ae\.network\.compressed_channels:.*even.*got 5"):
-        _method(1, **{"network.compressed_channels": 5})
-
-
-def test_sign_split_kernel_holds_each_direction_twice() -> None:
-    kernel = SignSplitOrthogonal(seed=1)((1, 1, 6, 4)).numpy()[0, 0]
-    np.testing.assert_allclose(kernel[:, :2], -kernel[:, 2:])
-    np.testing.assert_allclose(kernel[:, :2].T @ kernel[:, :2], np.eye(2), atol=1e-6)
-    with pytest.raises(ValueError, match="1x1 kernel with an even number"):
-        SignSplitOrthogonal()((3, 3, 6, 4))
+def test_the_second_layer_starts_as_the_identity_only_on_square_kernels() -> None:
     with pytest.raises(ValueError, match="square 1x1 kernel"):
         PointwiseIdentity()((1, 1, 6, 4))

@@ -160,11 +160,9 @@ def fit_network(method: Method, data: CategoryData, params: Params, checkpoints:
     strategy = distribution_strategy(params.train.distribute)
     budget = TimeBudget(params.train.max_minutes, checkpoints)
     with strategy.scope(), dtype_policy(params.train.mixed_precision):
-        model = method.build()
-        if isinstance(method, TrainedMethod):
-            compile_for_training(model, method, params, budget)
-    if not isinstance(method, TrainedMethod):
-        return Fitted(model, 0, {}, budget_reached=False)
+        if not isinstance(method, TrainedMethod):
+            return Fitted(method.build(), 0, {}, budget_reached=False)
+        model = compiled_model(params, method, data, budget)
     epochs_run, losses = fit_phases(model, method, data, params, checkpoints, budget)
     if method.fit_config().precise_bn:
         precise_batch_norm(model, data.train, method.fit_config().batch_size)
@@ -183,10 +181,18 @@ def compile_for_training(
     )
 
 
-def compiled_model(params: Params, method: TrainedMethod) -> keras.Model:
-    """The method's network compiled for training (benchmarks time its steps)."""
+def compiled_model(
+    params: Params,
+    method: TrainedMethod,
+    data: CategoryData | None = None,
+    budget: TimeBudget | None = None,
+) -> keras.Model:
+    """The method's network compiled for training, its data-dependent weights set from
+    ``data`` when given (benchmarks, which only time steps, pass none)."""
     model = method.build()
-    compile_for_training(model, method, params)
+    if data is not None:
+        method.initialise(model, data)
+    compile_for_training(model, method, params, budget)
     return model
 
 

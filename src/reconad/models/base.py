@@ -143,6 +143,11 @@ class TrainedMethod(Method):
     def build(self) -> keras.Model:
         """The network, input ``(None, None, channels)``."""
 
+    def initialise(self, model: keras.Model, data: CategoryData) -> None:
+        """Set the weights of the freshly built ``model`` that depend on the training
+        images, before its first step; a resumed run loads its checkpoint over them."""
+        del model, data
+
     @abc.abstractmethod
     def make_pairs(self, clean: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Turn a batch of clean crops into one training example.
