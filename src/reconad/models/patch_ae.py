@@ -77,8 +77,7 @@ DECODER = "decoder"
 """Name of the sub-model that maps R to the image."""
 MAP_NAME = "knn"
 SHIFT_IMAGES = 64
-"""Training images whose features set the orthogonal code's shift (:func:`shift_code_positive`):
-evenly spaced, so that the cost does not grow with the dataset."""
+"""Training images whose features set the orthogonal code's shift (:func:`shift_sample`)."""
 SHIFT_MARGIN = 0.1
 """Room below the training features' lowest code, as a fraction of each coordinate's range,
 for test features that reach lower (on bottle none of the 85 000 test patches did)."""
@@ -161,8 +160,7 @@ def compression_initializers(
 
 def shift_code_positive(model: keras.Model, images: np.ndarray, batch_size: int) -> None:
     """Set the first compression layer's bias so that its ReLU passes every coordinate of
-    the training features ``images`` give, with a margin of ``SHIFT_MARGIN`` of each
-    coordinate's range.
+    the training features ``images`` give (:func:`positive_shift`).
 
     With an orthonormal kernel Q the code is then ``Q^T x + b``: the distances of an
     orthogonal projection, in as many directions as channels, which is PatchCore's bank.
@@ -172,13 +170,27 @@ def shift_code_positive(model: keras.Model, images: np.ndarray, batch_size: int)
     (docs/quality.md). Only the bias depends on the images; a resumed run loads its
     checkpoint over it.
     """
-    sample = images[np.linspace(0, len(images) - 1, min(SHIFT_IMAGES, len(images))).astype(int)]
     compress = model.get_layer(COMPRESS)
-    features = batched_predict(keras.Model(model.input, compress.input), sample, batch_size)
+    features = batched_predict(
+        keras.Model(model.input, compress.input), shift_sample(images), batch_size
+    )
     kernel = ops.convert_to_numpy(compress.kernel)[0, 0].astype(np.float64)
-    projected = features.reshape(-1, features.shape[-1]).astype(np.float64) @ kernel
-    low, high = projected.min(axis=0), projected.max(axis=0)
-    compress.bias.assign((SHIFT_MARGIN * (high - low) - low).astype(np.float32))
+    codes = features.reshape(-1, features.shape[-1]).astype(np.float64) @ kernel
+    compress.bias.assign(positive_shift(codes).astype(np.float32))
+
+
+def shift_sample(images: np.ndarray) -> np.ndarray:
+    """At most ``SHIFT_IMAGES`` of ``images``, evenly spaced: the shift's cost does not grow
+    with the dataset."""
+    count = min(SHIFT_IMAGES, len(images))
+    return images[np.linspace(0, len(images) - 1, count).astype(int)]
+
+
+def positive_shift(codes: np.ndarray) -> np.ndarray:
+    """The bias that lifts every row of ``codes`` ``(M, c)`` above zero, with a margin of
+    ``SHIFT_MARGIN`` of each coordinate's range for codes that reach lower."""
+    low, high = codes.min(axis=0), codes.max(axis=0)
+    return SHIFT_MARGIN * (high - low) - low
 
 
 def build_patch_ae(config: NetworkConfig, channels: int) -> keras.Model:
