@@ -68,20 +68,17 @@ def sign_split(codes: np.ndarray) -> np.ndarray:
 
 
 def projections(train: np.ndarray, directions: int, seed: int) -> dict[str, Projection]:
-    """The projections of one row group, fitted on the training feature maps ``train``
-    ``(N, h, w, c)``: the shift on Patch AE's sample of them, PCA on all."""
-    vectors = train.reshape(-1, train.shape[-1])
-    q = orthogonal_directions(vectors.shape[1], directions, seed)
+    """The codes of one random draw Q, fitted on the training feature maps ``train``
+    ``(N, h, w, c)``: the shift on Patch AE's sample of them."""
+    q = orthogonal_directions(train.shape[-1], directions, seed)
     sample = shift_sample(train)
     shift = positive_shift(sample.reshape(-1, sample.shape[-1]) @ q)
-    mean, principal = principal_directions(vectors, directions)
     return {
         f"orthogonal {directions}, draw {seed}": lambda x: x @ q,
         f"sign split {directions} (2 x {directions} channels), draw {seed}": lambda x: sign_split(
             x @ q
         ),
         f"shifted {directions}, draw {seed}": lambda x: np.maximum(x @ q + shift, 0.0),
-        f"pca {directions}": lambda x: (x - mean) @ principal,
     }
 
 
@@ -131,11 +128,14 @@ def main(argv: list[str] | None = None) -> None:
 
     print("| code | image AUROC | pixel AUROC | AUPRO |\n|---|---|---|---|")
     row("full (PatchCore's features)", lambda x: x)
-    for directions in args.directions or [128, 256]:
+    sizes = args.directions or [128, 256]
+    mean, principal = principal_directions(train.reshape(-1, train.shape[-1]), max(sizes))
+    for directions in sizes:
         for seed in range(args.draws):
             for name, project in projections(train, directions, seed).items():
-                if seed == 0 or not name.startswith("pca"):
-                    row(name, project)
+                row(name, project)
+        leading = principal[:, :directions]
+        row(f"pca {directions}", lambda x, leading=leading: (x - mean) @ leading)
 
 
 if __name__ == "__main__":
