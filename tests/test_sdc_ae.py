@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -13,7 +14,7 @@ from scipy import ndimage
 
 from reconad.config import Params, Phase, apply_overrides, params_from_dict
 from reconad.corrupt.elastic import ElasticOp
-from reconad.errors import ConfigError
+from reconad.errors import ConfigError, ReconadError
 from reconad.maps import box_smooth
 from reconad.models import method_class
 from reconad.models.base import Scores
@@ -26,6 +27,7 @@ from reconad.models.sdc_ae import (
     build_sdc_ae,
     smooth_residual,
 )
+from reconad.pixel_stats import STATS_FILE
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 TINY = {
@@ -320,6 +322,48 @@ def test_detector_top_q_image_score_and_empty_input() -> None:
     empty = detector.score(np.zeros((0, 32, 32, 1), np.float32))
     assert empty.maps["residual"].shape == (0, 32, 32)
     assert empty.image_scores["residual"].shape == (0,)
+
+
+def test_pixel_normalised_maps_are_standard_scores_over_the_training_normals(
+    tmp_path: Path,
+) -> None:
+    score = _score_overrides(normalise="pixel", std_floor=0.5)
+    method = _method(score)
+    model = method.build()
+    train = _images(5, 32, 1, seed=1)
+    data = SimpleNamespace(train=train)
+    method.after_training(model, data, tmp_path)
+    assert (tmp_path / STATS_FILE).is_file()
+    plain = _method(_score_overrides(normalise="none")).load_detector(model, tmp_path)
+    normal = plain.anomaly_maps(train)["residual"]
+    std = normal.astype(np.float64).std(axis=0)
+    images = _images(2, 32, 1, seed=2)
+    expected = (plain.anomaly_maps(images)["residual"] - normal.mean(axis=0)) / (
+        std + 0.5 * np.median(std)
+    )
+    scores = method.load_detector(model, tmp_path).score(images)
+    np.testing.assert_allclose(scores.maps["residual"], expected, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        scores.image_scores["residual"], expected.max(axis=(1, 2)), rtol=1e-3
+    )
+
+
+def test_the_paper_map_needs_no_statistics_and_pixel_maps_need_them(tmp_path: Path) -> None:
+    plain = _method(_score_overrides(normalise="none"))
+    plain.after_training(plain.build(), SimpleNamespace(train=_images(2, 32, 1)), tmp_path)
+    assert not list(tmp_path.iterdir())
+    method = _method(_score_overrides(normalise="pixel"))
+    with pytest.raises(ReconadError, match=rf"{STATS_FILE}: pixel statistics missing"):
+        method.load_detector(method.build(), tmp_path)
+
+
+def test_profiles_choose_the_map() -> None:
+    raw = _raw()
+    for profile, normalise in (("quick", "none"), ("cpu", "pixel"), ("paper", "none")):
+        params = params_from_dict(apply_overrides(raw, {"profile": profile}, "test", None))
+        assert params.family("sdc_ae").score.normalise == normalise
+    with pytest.raises(ConfigError, match=r"sdc_ae\.score\.normalise"):
+        _params(_score_overrides(normalise="global")).family("sdc_ae")
 
 
 @pytest.mark.slow

@@ -3,13 +3,15 @@
 Training input: a clean crop with soft patches corrupted by
 :func:`~reconad.corrupt.elastic.elastic_patch_corruption`; target: the clean crop (loss
 ``restore`` or ``contrast``, :mod:`reconad.losses`). Anomaly map: the squared
-reconstruction error averaged over channels, smoothed (methods.md §1).
+reconstruction error averaged over channels, smoothed (methods.md §1), and optionally
+standardised per pixel over the training normals (:mod:`reconad.pixel_stats`, not in the
+paper).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import keras
 import numpy as np
@@ -36,12 +38,19 @@ from reconad.models.layers import (
     FusedBatchNormalization,
     SdcBlock,
 )
+from reconad.pixel_stats import PixelStats, fit_pixel_stats, load_pixel_stats, save_pixel_stats
+
+if TYPE_CHECKING:
+    from reconad.data.layout import CategoryData
 
 MIN_CHANNELS = 4
 """Smallest layer width after the ``width`` multiplier."""
 
 CCM_KERNEL = 1
 """Gate convolution of the Convex Combination Module (Model II)."""
+
+STATS_CHUNK = 32
+"""Training images mapped at a time while fitting pixel statistics: bounds memory."""
 
 
 class NetworkConfig(Section):
@@ -67,7 +76,8 @@ class LossConfig(Section):
 
 
 class ScoreConfig(Section):
-    """Anomaly map smoothing (v1/v2 Gaussian, v3 ``anomap^{n,k}``) and image score."""
+    """Anomaly map smoothing (v1/v2 Gaussian, v3 ``anomap^{n,k}``), per-pixel
+    standardisation (ours) and image score."""
 
     smoothing: Literal["gaussian", "anomap", "none"]
     sigma_px: PositiveFloat
@@ -75,6 +85,8 @@ class ScoreConfig(Section):
     box_passes: Positive
     image_score: Literal[IMAGE_SCORES]
     top_q: Annotated[float, Field(gt=0.0, le=1.0)]
+    normalise: Literal["none", "pixel"]
+    std_floor: PositiveFloat
 
 
 class Config(Section):
@@ -169,12 +181,18 @@ class SdcDetector(MapScoredDetector):
     map_names: tuple[str, ...] = ("residual",)
 
     def __init__(
-        self, model: keras.Model, score: ScoreConfig, image_size: int, batch_size: int
+        self,
+        model: keras.Model,
+        score: ScoreConfig,
+        image_size: int,
+        batch_size: int,
+        pixel_stats: PixelStats | None = None,
     ) -> None:
         self._model = model
         self._score = score
         self._image_size = image_size
         self._batch_size = batch_size
+        self._pixel_stats = pixel_stats
         # Traced per image size (a category has one): static sizes let the SDC blocks skip
         # dilated taps that only read padding.
         self._residual = tf.function(self._residual_map)
@@ -184,7 +202,8 @@ class SdcDetector(MapScoredDetector):
         return tf.reduce_mean(tf.square(images - reconstruction), axis=-1)
 
     def anomaly_maps(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """``{"residual": (N, H, W)}``: mean over channels of ``(x - F(x))^2``, smoothed.
+        """``{"residual": (N, H, W)}``: mean over channels of ``(x - F(x))^2``, smoothed,
+        then standardised per pixel when the detector has pixel statistics.
 
         Args:
             images: float32 ``(N, H, W, C)`` in [0, 1], H and W multiples of 8.
@@ -193,7 +212,10 @@ class SdcDetector(MapScoredDetector):
         if len(images) == 0:
             return {"residual": np.zeros(images.shape[:3], np.float32)}
         residual = batched_predict(self._residual, images, self._batch_size)
-        return {"residual": smooth_residual(residual, self._score, self._image_size)}
+        maps = smooth_residual(residual, self._score, self._image_size)
+        if self._pixel_stats is not None:
+            maps = self._pixel_stats.standardise(maps)
+        return {"residual": maps}
 
     def image_scores(self, maps: np.ndarray) -> np.ndarray:
         """``(N,)`` scores: max (or top-q mean) of each map, per ``score.sdc_ae``."""
@@ -253,6 +275,24 @@ class SdcAe(TrainedMethod):
                     f"({stages} poolings), got {phase.crop}"
                 )
 
+    def after_training(self, model: keras.Model | None, data: CategoryData, out_dir: Path) -> None:
+        """With ``score.normalise: pixel``, the per-pixel statistics of the smoothed maps of
+        the training normals (the validation normals stay unseen for calibration)."""
+        if self.config.score.normalise != "pixel":
+            return
+        raw = self._detector(model, pixel_stats=None)
+        batches = (
+            raw.anomaly_maps(data.train[start : start + STATS_CHUNK])["residual"]
+            for start in range(0, len(data.train), STATS_CHUNK)
+        )
+        save_pixel_stats(out_dir, fit_pixel_stats(batches, self.config.score.std_floor))
+
     def load_detector(self, model: keras.Model | None, model_dir: Path) -> SdcDetector:
-        del model_dir
-        return SdcDetector(model, self.config.score, self.image_size, self.params.score.batch_size)
+        if self.config.score.normalise == "pixel":
+            return self._detector(model, load_pixel_stats(model_dir))
+        return self._detector(model, pixel_stats=None)
+
+    def _detector(self, model: keras.Model | None, pixel_stats: PixelStats | None) -> SdcDetector:
+        return SdcDetector(
+            model, self.config.score, self.image_size, self.params.score.batch_size, pixel_stats
+        )
