@@ -33,13 +33,11 @@ from reconad.runtime import configure_environment
 configure_environment()
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from reconad import paths  # noqa: E402
 from reconad.config import load_params  # noqa: E402
 from reconad.data.layout import load_split  # noqa: E402
-from reconad.maps import gaussian_smooth  # noqa: E402
-from reconad.memory_bank import nearest_distances  # noqa: E402
+from reconad.memory_bank import distance_maps, nearest_distances  # noqa: E402
 from reconad.metrics import aupro, image_auroc, pixel_auroc  # noqa: E402
 from reconad.models.base import adapt_images, batched_predict  # noqa: E402
 from reconad.models.patch_ae import positive_shift, shift_sample  # noqa: E402
@@ -92,12 +90,9 @@ def scored(
     sigma: float,
 ) -> tuple[float, float, float]:
     """Image AUROC (plain maximum), pixel AUROC and AUPRO of the projected bank's maps."""
-    distances = nearest_distances(project(test), project(bank), chunk_size=4096)
-    count, rows, cols = grid
-    distances = distances.reshape(count, rows, cols, 1)
-    upsampled = tf.image.resize(distances, masks.shape[1:3], method="bilinear").numpy()[..., 0]
-    maps = gaussian_smooth(upsampled, sigma)
-    image_scores = distances.reshape(count, -1).max(axis=1)
+    distances = nearest_distances(project(test), project(bank), chunk_size=4096).reshape(grid)
+    maps = distance_maps(distances, masks.shape[1:3], sigma)
+    image_scores = distances.reshape(len(distances), -1).max(axis=1)
     return image_auroc(image_scores, labels), pixel_auroc(maps, masks), aupro(maps, masks)
 
 

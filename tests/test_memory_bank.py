@@ -22,6 +22,7 @@ from reconad.memory_bank import (
     MemoryBankDetector,
     build_bank,
     coreset_bank,
+    distance_maps,
     greedy_coreset,
     load_bank,
     nearest_distances,
@@ -245,6 +246,17 @@ def test_detector_on_no_images() -> None:
     scores = detector.score(np.zeros((0, 16, 16, 2), np.float32))
     assert scores.maps["knn"].shape == (0, 16, 16)
     assert scores.image_scores["knn"].shape == (0,)
+
+
+def test_distance_maps_put_each_patch_distance_where_the_patch_is() -> None:
+    distances = np.zeros((2, 4, 4), np.float32)
+    distances[1, 1, 2] = 1.0
+    maps = distance_maps(distances, (16, 16), sigma=1.0)
+    assert maps.shape == (2, 16, 16) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps[0], 0.0, atol=1e-7)
+    row, col = np.unravel_index(np.argmax(maps[1]), (16, 16))
+    assert 4 <= row < 8 and 8 <= col < 12  # inside the patch's 4 x 4 block of pixels
+    assert maps[1].sum() == pytest.approx(16.0, rel=0.05)  # bilinear keeps the mass
 
 
 def test_bank_config_thins_to_the_coreset() -> None:

@@ -351,9 +351,17 @@ class MemoryBankDetector:
                 self.bank,
                 self.config.reweight_neighbours,
             )
-        grid = distances.reshape(count, rows, cols, 1)
-        upsampled = tf.image.resize(grid, images.shape[1:3], method="bilinear").numpy()[..., 0]
-        return gaussian_smooth(upsampled, self.sigma), image_scores.astype(np.float32)
+        maps = distance_maps(distances.reshape(count, rows, cols), images.shape[1:3], self.sigma)
+        return maps, image_scores.astype(np.float32)
+
+
+def distance_maps(distances: np.ndarray, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Anomaly maps ``(N, H, W)`` from each patch's distance to the bank ``(N, rows, cols)``:
+    upsampled bilinearly to the image ``shape``, then smoothed by PatchCore's Gaussian of
+    ``sigma`` pixels."""
+    grid = np.asarray(distances, np.float32)[..., None]
+    upsampled = tf.image.resize(grid, shape, method="bilinear").numpy()[..., 0]
+    return gaussian_smooth(upsampled, sigma)
 
 
 def save_bank(path: Path, bank: np.ndarray) -> None:
