@@ -11,8 +11,8 @@ The spread is estimated from the training normals, so the calibration stage stil
 thresholds on validation normals the statistics never saw. A floor under each standard
 deviation, a fraction of the median over pixels, keeps a pixel whose error never varied
 (a saturated background) from turning noise into alarms. On products that are not
-aligned the statistics are nearly the same at every position and the standard score is
-close to a monotone transform of the raw map.
+aligned the true spread is the same everywhere, and a few hundred images estimate it
+with noise that the standard score passes on (docs/quality.md: the embedded textures).
 """
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ def fit_pixel_stats(map_batches: Iterable[np.ndarray], floor: float) -> PixelSta
     """
     if not floor > 0.0:
         raise ValueError(f"Expected floor > 0, Received: floor={floor}")
-    count, total, squares = 0, None, None
+    count, total, squares = 0, np.float64(0.0), np.float64(0.0)
     for batch in map_batches:
         batch = np.asarray(batch, np.float64)
-        total = batch.sum(axis=0) if total is None else total + batch.sum(axis=0)
-        squares = (batch**2).sum(axis=0) if squares is None else squares + (batch**2).sum(axis=0)
+        total = total + batch.sum(axis=0)
+        squares = squares + (batch**2).sum(axis=0)
         count += len(batch)
-    if count == 0 or total is None or squares is None:
+    if count == 0:
         raise ReconadError("pixel statistics need at least one normal image; none were given")
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
