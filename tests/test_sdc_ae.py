@@ -27,7 +27,7 @@ from reconad.models.sdc_ae import (
     build_sdc_ae,
     smooth_residual,
 )
-from reconad.pixel_stats import STATS_FILE
+from reconad.pixel_stats import STATS_FILE, fit_pixel_stats, load_pixel_stats
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 TINY = {
@@ -327,7 +327,7 @@ def test_detector_top_q_image_score_and_empty_input() -> None:
 def test_pixel_normalised_maps_are_standard_scores_over_the_training_normals(
     tmp_path: Path,
 ) -> None:
-    score = _score_overrides(normalise="pixel", std_floor=0.5)
+    score = _score_overrides(normalise="pixel", std_floor=0.5, stats_sigma_px=[0.0])
     method = _method(score)
     model = method.build()
     train = _images(5, 32, 1, seed=1)
@@ -338,14 +338,26 @@ def test_pixel_normalised_maps_are_standard_scores_over_the_training_normals(
     normal = plain.anomaly_maps(train)["residual"]
     std = normal.astype(np.float64).std(axis=0)
     images = _images(2, 32, 1, seed=2)
-    expected = (plain.anomaly_maps(images)["residual"] - normal.mean(axis=0)) / (
-        std + 0.5 * np.median(std)
+    expected = (plain.anomaly_maps(images)["residual"] - normal.mean(axis=0)) / np.maximum(
+        std, 0.5 * np.median(std)
     )
     scores = method.load_detector(model, tmp_path).score(images)
     np.testing.assert_allclose(scores.maps["residual"], expected, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(
         scores.image_scores["residual"], expected.max(axis=(1, 2)), rtol=1e-3
     )
+
+
+def test_pixel_statistics_pool_at_widths_scaled_to_the_image(tmp_path: Path) -> None:
+    method = _method(_score_overrides(normalise="pixel", stats_sigma_px=[64.0]))  # 8 px at 32
+    model = method.build()
+    train = _images(6, 32, 1, seed=1)
+    method.after_training(model, SimpleNamespace(train=train), tmp_path)
+    plain = _method(_score_overrides(normalise="none")).load_detector(model, tmp_path)
+    expected = fit_pixel_stats([plain.anomaly_maps(train)["residual"]], 0.5, [8.0])
+    stored = load_pixel_stats(tmp_path)
+    np.testing.assert_allclose(stored.mean, expected.mean, rtol=1e-5)
+    np.testing.assert_allclose(stored.scale, expected.scale, rtol=1e-5)
 
 
 def test_the_paper_map_needs_no_statistics_and_pixel_maps_need_them(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from reconad.config import (
     FitConfig,
     Fraction,
     InputConfig,
+    NonNegativeFloat,
     Positive,
     PositiveFloat,
     Section,
@@ -48,9 +49,6 @@ MIN_CHANNELS = 4
 
 CCM_KERNEL = 1
 """Gate convolution of the Convex Combination Module (Model II)."""
-
-STATS_CHUNK = 32
-"""Training images mapped at a time while fitting pixel statistics: bounds memory."""
 
 
 class NetworkConfig(Section):
@@ -87,6 +85,7 @@ class ScoreConfig(Section):
     top_q: Annotated[float, Field(gt=0.0, le=1.0)]
     normalise: Literal["none", "pixel"]
     std_floor: PositiveFloat
+    stats_sigma_px: list[NonNegativeFloat] = Field(min_length=1)
 
 
 class Config(Section):
@@ -277,15 +276,19 @@ class SdcAe(TrainedMethod):
 
     def after_training(self, model: keras.Model | None, data: CategoryData, out_dir: Path) -> None:
         """With ``score.normalise: pixel``, the per-pixel statistics of the smoothed maps of
-        the training normals (the validation normals stay unseen for calibration)."""
-        if self.config.score.normalise != "pixel":
+        the training normals (the validation normals stay unseen for calibration), pooled
+        at the candidate width of ``score.stats_sigma_px`` that the maps support."""
+        score = self.config.score
+        if score.normalise != "pixel":
             return
         raw = self._detector(model, pixel_stats=None)
+        chunk = self.params.score.batch_size
         batches = (
-            raw.anomaly_maps(data.train[start : start + STATS_CHUNK])["residual"]
-            for start in range(0, len(data.train), STATS_CHUNK)
+            raw.anomaly_maps(data.train[start : start + chunk])["residual"]
+            for start in range(0, len(data.train), chunk)
         )
-        save_pixel_stats(out_dir, fit_pixel_stats(batches, self.config.score.std_floor))
+        sigmas = [scaled(sigma, self.image_size) for sigma in score.stats_sigma_px]
+        save_pixel_stats(out_dir, fit_pixel_stats(batches, score.std_floor, sigmas))
 
     def load_detector(self, model: keras.Model | None, model_dir: Path) -> SdcDetector:
         if self.config.score.normalise == "pixel":
