@@ -5,7 +5,8 @@ that trains, :func:`default_variants`; ``sdc_restore``, ``aesc_stain``, ``patch_
 the repository) at the active profile of ``params.yaml``: the real network
 (``Method.build``), compiled as ``reconad train`` compiles it (Adam,
 ``<family>.train.learning_rate``, ``Method.loss``, ``train.jit_compile``), trained with
-``train_on_batch`` on one fixed batch of ``Method.make_pairs`` output (batch
+``train_on_batch`` on one fixed batch of ``Method.make_pairs`` output, under the
+dtype policy of ``train.mixed_precision`` or ``--precision`` (batch
 ``<family>.train.batch_size``, crop = the family's largest training crop of
 ``method.fit_config().phases``, ``crop: 0`` being the whole image the network sees, one
 channel like the textures dataset; Patch AE uses the offline ``hed_vgg16`` backbone,
@@ -23,6 +24,7 @@ the first layer needs no input gradient. Usage::
 
     python benchmarks/training.py                       # quick profile, 5 timed steps
     python benchmarks/training.py --variant sdc_restore --crop 64 --steps 10
+    python benchmarks/training.py --precision bfloat16  # against a run without it
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from reconad.config import Params, load_params  # noqa: E402
 from reconad.errors import ConfigError  # noqa: E402
 from reconad.models import FAMILIES, method_class  # noqa: E402
 from reconad.models.base import TrainedMethod  # noqa: E402
-from reconad.train import compiled_model, make_method  # noqa: E402
+from reconad.train import compiled_model, dtype_policy, make_method  # noqa: E402
 
 CHANNELS = 1
 """The embedded textures dataset is grey."""
@@ -192,12 +194,19 @@ def training_batch(
 
 
 def measure_variant(
-    params_path: Path | str, variant: str, steps: int, crop: int | None, seed: int
+    params_path: Path | str,
+    variant: str,
+    steps: int,
+    crop: int | None,
+    seed: int,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps of ``variant`` and count their FLOPs.
 
+    ``precision`` (``none``, ``float16``, ``bfloat16``) overrides ``train.mixed_precision``.
+
     Returns:
-        One row: sizes, ``ms_per_step``, ``images_per_s``, ``forward_gflop``,
+        One row: sizes, ``precision``, ``ms_per_step``, ``images_per_s``, ``forward_gflop``,
         ``step_gflop``, ``gflop_per_s``, the reference ``matmul_side`` and
         ``matmul_gflop_per_s``, and ``step_over_matmul`` (FLOP/s ratio).
     """
@@ -209,7 +218,9 @@ def measure_variant(
     method.check_image_size(crop)
     batch = method.fit_config().batch_size
     x, y = training_batch(method, batch, crop, seed)
-    model = compiled_model(params, method)
+    precision = precision or params.train.mixed_precision
+    with dtype_policy(precision):
+        model = compiled_model(params, method)
     forward, step = step_flops(model, method.loss(), x, y)
     side = matmul_side(step)
     matmul = matmul_flops_per_s(side, steps, seed)
@@ -220,6 +231,7 @@ def measure_variant(
         "family": method.family,
         "crop": crop,
         "batch": batch,
+        "precision": precision,
         "ms_per_step": 1e3 * seconds,
         "images_per_s": batch / seconds,
         "forward_gflop": forward / 1e9,
@@ -238,6 +250,7 @@ def run(
     variants: Iterable[str] | None = None,
     crop: int | None = None,
     seed: int | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Measure every variant.
 
@@ -248,6 +261,7 @@ def run(
             :func:`default_variants`.
         crop: crop side for every variant; default each family's largest training crop.
         seed: seeds the batches, pairs and weights; default ``params.seed``.
+        precision: ``none``, ``float16`` or ``bfloat16``; default ``train.mixed_precision``.
 
     Returns:
         The profile, ``steps``, the FLOP-counting method and one row per variant (see
@@ -259,7 +273,7 @@ def run(
     seed = params.seed if seed is None else seed
     seed_everything(seed)
     variants = default_variants(params) if variants is None else tuple(variants)
-    rows = [measure_variant(params_path, name, steps, crop, seed) for name in variants]
+    rows = [measure_variant(params_path, name, steps, crop, seed, precision) for name in variants]
     return {
         "profile": params.profile,
         "channels": CHANNELS,
@@ -274,13 +288,13 @@ def format_figures(figures: dict[str, Any]) -> str:
     lines = [
         f"profile {figures['profile']}: {figures['channels']} channel, median of "
         f"{figures['steps']} train_on_batch steps; FLOPs: {figures['flops']}",
-        f"  {'variant':<12} {'crop':>4} {'batch':>5} {'ms/step':>9} {'img/s':>8} "
+        f"  {'variant':<12} {'crop':>4} {'batch':>5} {'mixed':>8} {'ms/step':>9} {'img/s':>8} "
         f"{'GFLOP/step':>10} {'step/fwd':>8} {'GFLOP/s':>8} {'matmul n':>8} "
         f"{'matmul GFLOP/s':>14} {'step/matmul':>11}",
     ]
     for row in figures["variants"]:
         lines.append(
-            f"  {row['variant']:<12} {row['crop']:>4} {row['batch']:>5} "
+            f"  {row['variant']:<12} {row['crop']:>4} {row['batch']:>5} {row['precision']:>8} "
             f"{row['ms_per_step']:>9.1f} {row['images_per_s']:>8.1f} "
             f"{row['step_gflop']:>10.2f} {row['step_over_forward']:>7.2f}x "
             f"{row['gflop_per_s']:>8.1f} {row['matmul_side']:>8} "
@@ -298,12 +312,18 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--crop", type=int, default=None, help="default: largest training crop")
     parser.add_argument("--seed", type=int, default=None, help="default: params seed")
+    parser.add_argument(
+        "--precision",
+        choices=("none", "float16", "bfloat16"),
+        default=None,
+        help="mixed precision; default: train.mixed_precision",
+    )
     return parser.parse_args()
 
 
 def main() -> None:
     args = _arguments()
-    figures = run(args.params, args.steps, args.variant, args.crop, args.seed)
+    figures = run(args.params, args.steps, args.variant, args.crop, args.seed, args.precision)
     print(format_figures(figures))
 
 

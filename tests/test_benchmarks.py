@@ -289,11 +289,21 @@ def test_training_benchmark_runs_one_variant_per_training_family(
         for key in ("ms_per_step", "images_per_s", "forward_gflop", "gflop_per_s"):
             assert row[key] > 0, (name, key)
         assert row["images_per_s"] == pytest.approx(row["batch"] * 1e3 / row["ms_per_step"])
+        assert row["precision"] == "none"  # train.mixed_precision
     assert rows["sdc_restore"]["crop"] == SIZE  # sdc_ae.train.phases: crop 32
     assert rows["aesc_stain"]["crop"] == SIZE  # crop 0: the whole image
     assert 2.5 < rows["sdc_restore"]["step_over_forward"] <= 3.0
     assert rows["patch_ae"]["step_over_forward"] < 1.5  # the frozen backbone has no backward
     assert "step/matmul" in training.format_figures(figures)
+
+
+def test_training_benchmark_measures_the_precision_asked_for(tiny_project: TinyProject) -> None:
+    training = import_benchmark("training")
+    row = training.measure_variant(
+        tiny_project.params_path, "sdc_restore", 1, None, 0, precision="bfloat16"
+    )
+    assert row["precision"] == "bfloat16" and row["ms_per_step"] > 0
+    assert keras.config.dtype_policy().name == "float32"
 
 
 def test_inference_benchmark_scores_every_family_but_the_ensemble(

@@ -223,6 +223,10 @@ def test_a_missing_key_is_an_error_not_a_default() -> None:
             "train.max_minutes: Input should be greater than or equal to 0",
         ),
         (
+            {"train__mixed_precision": True},
+            "train.mixed_precision: Input should be 'none', 'float16' or 'bfloat16'",
+        ),
+        (
             {"calibrate__rule": "top"},
             "calibrate.rule: Input should be 'components', 'percentile' or 'fpr'",
         ),

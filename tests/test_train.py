@@ -120,32 +120,39 @@ def test_contrast_and_patch_ae_stop_early_in_the_repo_params() -> None:
     }
 
 
-@pytest.mark.parametrize("mixed", [True, False])
-def test_mixed_precision_builds_float16_layers_and_leaves_the_global_policy(
-    mixed: bool,
+@pytest.mark.parametrize(
+    ("mixed", "compute"), [("float16", "float16"), ("bfloat16", "bfloat16"), ("none", "float32")]
+)
+@pytest.mark.parametrize(("family", "output"), [("sdc_ae", "reconstruction"), ("aesc", "output")])
+def test_mixed_precision_builds_low_precision_layers_and_leaves_the_global_policy(
+    mixed: str, compute: str, family: str, output: str
+) -> None:
+    params = _tiny()
+    variant = {"sdc_ae": TINY_VARIANT, "aesc": "aesc_stain"}[family]
+    method = method_class(family)(params, variant, 1)
+    with dtype_policy(mixed):
+        model = method.build()
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    hidden = [layer for layer in convs if layer.name != output]
+    assert {layer.compute_dtype for layer in hidden} == {compute}
+    assert {layer.variable_dtype for layer in convs} == {"float32"}
+    assert model.get_layer(output).compute_dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+
+
+@pytest.mark.parametrize(("mixed", "scaled"), [("float16", True), ("bfloat16", False)])
+def test_a_mixed_precision_training_step_has_a_finite_float32_loss(
+    mixed: str, scaled: bool
 ) -> None:
     params = _tiny()
     method = method_class("sdc_ae")(params, TINY_VARIANT, 1)
     with dtype_policy(mixed):
         model = method.build()
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    hidden = [layer for layer in convs if layer.name != "reconstruction"]
-    assert {layer.compute_dtype for layer in hidden} == {"float16" if mixed else "float32"}
-    assert {layer.variable_dtype for layer in convs} == {"float32"}
-    assert model.get_layer("reconstruction").compute_dtype == "float32"
-    assert keras.config.dtype_policy().name == "float32"
-
-
-def test_a_mixed_precision_training_step_has_a_finite_float32_loss() -> None:
-    params = _tiny()
-    method = method_class("sdc_ae")(params, TINY_VARIANT, 1)
-    with dtype_policy(True):
-        model = method.build()
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=method.loss())
     clean = tf.random.stateless_uniform((2, 32, 32, 1), seed=(1, 2))
     x, y = method.make_pairs(clean, tf.constant([3, 4], dtype=tf.int64))
     loss = model.train_on_batch(x, y)
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == scaled
     assert np.isfinite(loss)
 
 

@@ -116,7 +116,7 @@ class TrainConfig(Section):
     """The shared training loop: how it runs, not what it learns."""
 
     distribute: Literal["none", "mirrored", "multi_worker"]
-    mixed_precision: bool
+    mixed_precision: Literal["none", "float16", "bfloat16"]
     jit_compile: bool
     max_minutes: NonNegativeFloat | None
     """Wall-clock cap on one variant x category's training (``reconad.budget``); None:

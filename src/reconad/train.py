@@ -208,15 +208,19 @@ def learning_rate(
 
 
 @contextlib.contextmanager
-def dtype_policy(mixed_precision: bool) -> Iterator[None]:
-    """Build layers under ``mixed_float16`` when asked (GPUs with tensor cores), restoring
-    the global Keras policy afterwards so that other code in the process is unaffected.
+def dtype_policy(mixed_precision: str) -> Iterator[None]:
+    """Build layers under Keras' ``mixed_<mixed_precision>`` policy (``none``: float32),
+    restoring the global policy afterwards so that other code in the process is unaffected.
 
-    Keras then wraps the optimizer in a LossScaleOptimizer, and the losses still compute in
-    float32. On a CPU mixed precision is slower: keep it off there.
+    Variables and losses stay float32, and so does the reconstruction layer. ``float16``
+    suits GPUs with tensor cores (Keras then wraps the optimizer in a LossScaleOptimizer);
+    ``bfloat16`` needs no loss scaling and also runs fast on CPUs with AVX512-BF16 or AMX,
+    where float16 is slower than float32 (README, "Speed").
     """
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
+    keras.config.set_dtype_policy(
+        "float32" if mixed_precision == "none" else f"mixed_{mixed_precision}"
+    )
     try:
         yield
     finally:

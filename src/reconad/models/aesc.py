@@ -222,7 +222,9 @@ def build_network(
         x = McDropout(dropout[d], (seed + depth + d) % SEED_RANGE, name=f"dec{d}_drop")(x)
         if skips:
             x = keras.layers.Add(name=f"dec{d}_skip")([x, encoded[d]])
-    outputs = UpsamplingConv2D(channels, kernel_size, activation="sigmoid", name="output")(x)
+    outputs = UpsamplingConv2D(
+        channels, kernel_size, activation="sigmoid", dtype="float32", name="output"
+    )(x)
     return keras.Model(images, outputs, name="aesc" if skips else "ae")
 
 
