@@ -47,7 +47,8 @@ from reconad.config import Params, load_params  # noqa: E402
 from reconad.errors import ConfigError  # noqa: E402
 from reconad.models import FAMILIES, method_class  # noqa: E402
 from reconad.models.base import TrainedMethod  # noqa: E402
-from reconad.train import compiled_model, dtype_policy, make_method  # noqa: E402
+from reconad.runtime import dtype_policy  # noqa: E402
+from reconad.train import compiled_model, make_method  # noqa: E402
 
 CHANNELS = 1
 """The embedded textures dataset is grey."""

@@ -16,6 +16,7 @@ from keras.src.utils import file_utils
 
 from reconad.config import load_params, params_from_dict
 from reconad.errors import ConfigError
+from reconad.runtime import dtype_policy
 from reconad.models.backbones import (
     BACKBONES,
     CAFFE_MEAN_BGR,
@@ -74,6 +75,15 @@ def test_hed_vgg16_loads_pretrained_weights_offline(offline: None) -> None:
     np.testing.assert_array_equal(vgg.get_layer("block1_conv1").get_weights()[0], first)
     np.testing.assert_array_equal(vgg.get_layer("block4_conv3").get_weights()[0], last)
     np.testing.assert_array_equal(vgg.get_layer("block4_conv3").get_weights()[1], last_bias)
+
+
+@pytest.mark.parametrize("mixed", ["bfloat16", "float16"])
+def test_hed_vgg16_builds_under_a_mixed_policy(offline: None, mixed: str) -> None:
+    with dtype_policy(mixed):
+        backbone = build_backbone("vgg16", "hed", channels=3)
+    fine, coarse = backbone(np.zeros((1, 32, 32, 3), np.float32))
+    assert fine.dtype == coarse.dtype == mixed
+    assert keras.config.dtype_policy().name == "float32"
 
 
 def test_random_backbone_strides_for_grey_input() -> None:

@@ -38,8 +38,9 @@ from reconad.data import orientation
 from reconad.data.layout import CategoryData
 from reconad.data.pipeline import training_dataset
 from reconad.models.base import AdaptedDetector, TrainedMethod, precise_batch_norm
+from reconad.runtime import dtype_policy
 from reconad.synthetic import METRIC, SyntheticValidation
-from reconad.train import as_seen_by, compiled_model, dtype_policy, make_method
+from reconad.train import as_seen_by, compiled_model, make_method
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 PROFILE = "paper"

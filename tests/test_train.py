@@ -19,6 +19,7 @@ from reconad.data.layout import CategoryData
 from reconad.errors import ConfigError
 from reconad.models import method_class
 from reconad.models.base import precise_batch_norm
+from reconad.runtime import dtype_policy
 from reconad.synthetic import METRIC, SyntheticValidation
 from reconad.tracking import EpochMetricsLogger
 from reconad.train import (
@@ -28,7 +29,6 @@ from reconad.train import (
     compiled_model,
     describe_input,
     distribution_strategy,
-    dtype_policy,
     epoch_validation,
     learning_rate,
     make_method,

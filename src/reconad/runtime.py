@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 QUIET_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -35,3 +37,25 @@ def seed_everything(seed: int, deterministic_ops: bool = True) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic_ops:
         tf.config.experimental.enable_op_determinism()
+
+
+@contextlib.contextmanager
+def dtype_policy(mixed_precision: str) -> Iterator[None]:
+    """Build layers under Keras' ``mixed_<mixed_precision>`` policy (``none``: float32),
+    restoring the global policy afterwards so that other code in the process is unaffected.
+
+    Variables and losses stay float32, and so does the reconstruction layer. ``float16``
+    suits GPUs with tensor cores (Keras then wraps the optimizer in a LossScaleOptimizer);
+    ``bfloat16`` needs no loss scaling and also runs fast on CPUs with AVX512-BF16 or AMX,
+    where float16 is slower than float32 (README, "Speed").
+    """
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(
+        "float32" if mixed_precision == "none" else f"mixed_{mixed_precision}"
+    )
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -10,7 +10,6 @@ it runs the stage again.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -19,7 +18,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from reconad.io import atomic_dir, atomic_write_json, check_writable
 from reconad.models import FAMILIES, method_class
 from reconad.models.base import Method, TrainedMethod, adapt_images, precise_batch_norm
 from reconad.models.trained import variant_dir
+from reconad.runtime import dtype_policy
 
 CHECKPOINT_ROOT = Path(".reconad/checkpoints")
 BACKUP_METADATA = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
@@ -205,26 +205,6 @@ def learning_rate(
         pace = budget.pace if budget is not None else None
         return BudgetedCosineDecay(fit.learning_rate, fit.total_steps(), pace=pace)
     return fit.learning_rate
-
-
-@contextlib.contextmanager
-def dtype_policy(mixed_precision: str) -> Iterator[None]:
-    """Build layers under Keras' ``mixed_<mixed_precision>`` policy (``none``: float32),
-    restoring the global policy afterwards so that other code in the process is unaffected.
-
-    Variables and losses stay float32, and so does the reconstruction layer. ``float16``
-    suits GPUs with tensor cores (Keras then wraps the optimizer in a LossScaleOptimizer);
-    ``bfloat16`` needs no loss scaling and also runs fast on CPUs with AVX512-BF16 or AMX,
-    where float16 is slower than float32 (README, "Speed").
-    """
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(
-        "float32" if mixed_precision == "none" else f"mixed_{mixed_precision}"
-    )
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def make_method(params: Params, variant: str, prepared_channels: int) -> Method:

