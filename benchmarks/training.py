@@ -6,7 +6,7 @@ the repository) at the active profile of ``params.yaml``: the real network
 (``Method.build``), compiled as ``reconad train`` compiles it (Adam,
 ``<family>.train.learning_rate``, ``Method.loss``, ``train.jit_compile``), trained with
 ``train_on_batch`` on one fixed batch of ``Method.make_pairs`` output, under the
-dtype policy of ``train.mixed_precision`` or ``--precision`` (batch
+dtype policy of ``train.mixed_precision`` or of each ``--precision`` (batch
 ``<family>.train.batch_size``, crop = the family's largest training crop of
 ``method.fit_config().phases``, ``crop: 0`` being the whole image the network sees, one
 channel like the textures dataset; Patch AE uses the offline ``hed_vgg16`` backbone,
@@ -24,13 +24,13 @@ the first layer needs no input gradient. Usage::
 
     python benchmarks/training.py                       # quick profile, 5 timed steps
     python benchmarks/training.py --variant sdc_restore --crop 64 --steps 10
-    python benchmarks/training.py --precision bfloat16  # against a run without it
+    python benchmarks/training.py --precision none --precision bfloat16  # step-time ratio
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -251,9 +251,9 @@ def run(
     variants: Iterable[str] | None = None,
     crop: int | None = None,
     seed: int | None = None,
-    precision: str | None = None,
+    precisions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Measure every variant.
+    """Measure every variant at every precision.
 
     Args:
         params_path: the ``params.yaml`` whose active profile sets the sizes.
@@ -262,7 +262,8 @@ def run(
             :func:`default_variants`.
         crop: crop side for every variant; default each family's largest training crop.
         seed: seeds the batches, pairs and weights; default ``params.seed``.
-        precision: ``none``, ``float16`` or ``bfloat16``; default ``train.mixed_precision``.
+        precisions: each of ``none``, ``float16``, ``bfloat16``; default
+            ``train.mixed_precision``. The first is the reference of the others' step times.
 
     Returns:
         The profile, ``steps``, the FLOP-counting method and one row per variant (see
@@ -274,14 +275,29 @@ def run(
     seed = params.seed if seed is None else seed
     seed_everything(seed)
     variants = default_variants(params) if variants is None else tuple(variants)
-    rows = [measure_variant(params_path, name, steps, crop, seed, precision) for name in variants]
+    precisions = tuple(precisions or (params.train.mixed_precision,))
+    rows = [
+        measure_variant(params_path, name, steps, crop, seed, precision)
+        for name in variants
+        for precision in precisions
+    ]
     return {
         "profile": params.profile,
         "channels": CHANNELS,
         "steps": steps,
         "flops": "conv/matmul ops of the traced training-step graph, 2 x multiply-adds",
-        "variants": rows,
+        "precisions": precisions,
+        "variants": with_time_ratios(rows),
     }
+
+
+def with_time_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with ``time_over_first``: its step time over that of the first row of the
+    same variant (the first precision asked for)."""
+    first: dict[str, float] = {}
+    for row in rows:
+        first.setdefault(row["variant"], row["ms_per_step"])
+    return [{**row, "time_over_first": row["ms_per_step"] / first[row["variant"]]} for row in rows]
 
 
 def format_figures(figures: dict[str, Any]) -> str:
@@ -291,7 +307,7 @@ def format_figures(figures: dict[str, Any]) -> str:
         f"{figures['steps']} train_on_batch steps; FLOPs: {figures['flops']}",
         f"  {'variant':<12} {'crop':>4} {'batch':>5} {'mixed':>8} {'ms/step':>9} {'img/s':>8} "
         f"{'GFLOP/step':>10} {'step/fwd':>8} {'GFLOP/s':>8} {'matmul n':>8} "
-        f"{'matmul GFLOP/s':>14} {'step/matmul':>11}",
+        f"{'matmul GFLOP/s':>14} {'step/matmul':>11} {'time/first':>10}",
     ]
     for row in figures["variants"]:
         lines.append(
@@ -299,7 +315,8 @@ def format_figures(figures: dict[str, Any]) -> str:
             f"{row['ms_per_step']:>9.1f} {row['images_per_s']:>8.1f} "
             f"{row['step_gflop']:>10.2f} {row['step_over_forward']:>7.2f}x "
             f"{row['gflop_per_s']:>8.1f} {row['matmul_side']:>8} "
-            f"{row['matmul_gflop_per_s']:>14.1f} {row['step_over_matmul']:>10.2f}x"
+            f"{row['matmul_gflop_per_s']:>14.1f} {row['step_over_matmul']:>10.2f}x "
+            f"{row['time_over_first']:>9.2f}x"
         )
     return "\n".join(lines)
 
@@ -315,9 +332,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="default: params seed")
     parser.add_argument(
         "--precision",
+        action="append",
         choices=("none", "float16", "bfloat16"),
-        default=None,
-        help="mixed precision; default: train.mixed_precision",
+        help="repeatable, the first is the reference; default: train.mixed_precision",
     )
     return parser.parse_args()
 

@@ -16,7 +16,6 @@ from keras.src.utils import file_utils
 
 from reconad.config import load_params, params_from_dict
 from reconad.errors import ConfigError
-from reconad.runtime import dtype_policy
 from reconad.models.backbones import (
     BACKBONES,
     CAFFE_MEAN_BGR,
@@ -31,6 +30,7 @@ from reconad.models.backbones import (
     layer_strides,
     patch_features,
 )
+from reconad.runtime import dtype_policy
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

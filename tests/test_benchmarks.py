@@ -297,12 +297,18 @@ def test_training_benchmark_runs_one_variant_per_training_family(
     assert "step/matmul" in training.format_figures(figures)
 
 
-def test_training_benchmark_measures_the_precision_asked_for(tiny_project: TinyProject) -> None:
+def test_training_benchmark_times_each_precision_against_the_first(
+    tiny_project: TinyProject,
+) -> None:
     training = import_benchmark("training")
-    row = training.measure_variant(
-        tiny_project.params_path, "sdc_restore", 1, None, 0, precision="bfloat16"
+    figures = training.run(
+        tiny_project.params_path, 1, ["sdc_restore"], seed=0, precisions=["none", "bfloat16"]
     )
-    assert row["precision"] == "bfloat16" and row["ms_per_step"] > 0
+    none, bf16 = figures["variants"]
+    assert (none["precision"], bf16["precision"]) == ("none", "bfloat16")
+    assert none["time_over_first"] == 1.0
+    assert bf16["time_over_first"] == pytest.approx(bf16["ms_per_step"] / none["ms_per_step"])
+    assert "time/first" in training.format_figures(figures)
     assert keras.config.dtype_policy().name == "float32"
 
 
