@@ -286,7 +286,6 @@ def run(
         "channels": CHANNELS,
         "steps": steps,
         "flops": "conv/matmul ops of the traced training-step graph, 2 x multiply-adds",
-        "precisions": precisions,
         "variants": with_time_ratios(rows),
     }
 

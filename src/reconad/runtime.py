@@ -47,7 +47,7 @@ def dtype_policy(mixed_precision: str) -> Iterator[None]:
     Variables and losses stay float32, and so does the reconstruction layer. ``float16``
     suits GPUs with tensor cores (Keras then wraps the optimizer in a LossScaleOptimizer);
     ``bfloat16`` needs no loss scaling and also runs fast on CPUs with AVX512-BF16 or AMX,
-    where float16 is slower than float32 (README, "Speed").
+    where float16 is slower than float32 (README, "Profiles and time").
     """
     import keras
 
